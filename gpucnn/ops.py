@@ -1,0 +1,132 @@
+"""Array operations behind the conv and pooling layers: im2col/col2im and pooling, on any device.
+
+Each function takes NCHW arrays. On the CPU it runs its numpy twin (the reference the CUDA kernels are
+tested against); on a GPU (real or emulated) it launches the custom kernel from :mod:`gpucnn.kernels`.
+The column layout is Chainer's 6-D ``(N, C, kh, kw, out_h, out_w)``, the same on both devices, so the
+conv layer reshapes it to ``(N, C*kh*kw, out_h*out_w)`` and does one batched matmul.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .backend import is_gpu_array
+
+
+def out_size(size: int, k: int, s: int, p: int) -> int:
+    """Output length of a window of k with stride s over size+2p (rounded down, as PyTorch does)."""
+    return (size + 2 * p - k) // s + 1
+
+
+def _pad(x, ph, pw, value=0.0):
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=value)
+
+
+def _windows(xp_, i, j, sh, sw, oh, ow):
+    """The (N, C, oh, ow) view of padded input seen by kernel offset (i, j)."""
+    return xp_[:, :, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+
+
+# ------------------------------------------------------------------------------------------ im2col
+
+def im2col(x, kh, kw, sh, sw, ph, pw):
+    """(N, C, H, W) -> contiguous columns (N, C, kh, kw, out_h, out_w); padding reads as zero."""
+    if is_gpu_array(x):
+        from . import kernels
+        return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    xp_ = _pad(x, ph, pw)
+    s0, s1, s2, s3 = xp_.strides
+    view = as_strided(xp_, (n, c, kh, kw, oh, ow), (s0, s1, s2, s3, s2 * sh, s3 * sw), writeable=False)
+    return np.ascontiguousarray(view)
+
+
+def col2im(col, x_shape, sh, sw, ph, pw):
+    """Adjoint of im2col: sums columns (N, C, kh, kw, out_h, out_w) back into an (N, C, H, W) image."""
+    if is_gpu_array(col):
+        from . import kernels
+        return kernels.col2im(col, x_shape, sh, sw, ph, pw)
+    n, c, h, w = x_shape
+    _, _, kh, kw, oh, ow = col.shape
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            _windows(dxp, i, j, sh, sw, oh, ow)[...] += col[:, :, i, j]
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+# ------------------------------------------------------------------------------------------ max pool
+
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
+    """Max over each window -> (y, argmax); argmax is int32, the winner's offset i*kw+j inside its window.
+
+    Ties go to the first maximum in row-major window order and NaN wins, as in PyTorch.
+    """
+    if is_gpu_array(x):
+        from . import kernels
+        return kernels.maxpool_forward(x, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    xp_ = _pad(x, ph, pw, value=-np.inf)
+    y = np.array(_windows(xp_, 0, 0, sh, sw, oh, ow))
+    arg = np.zeros(y.shape, dtype=np.int32)
+    for i in range(kh):
+        for j in range(kw):
+            if i == 0 and j == 0:
+                continue
+            win = _windows(xp_, i, j, sh, sw, oh, ow)
+            better = (win > y) | np.isnan(win)
+            np.copyto(y, win, where=better)
+            np.copyto(arg, np.int32(i * kw + j), where=better)
+    return y, arg
+
+
+def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
+    """Gradient of maxpool_forward: each dy goes to the input its window's argmax points at."""
+    if is_gpu_array(dy):
+        from . import kernels
+        return kernels.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x_shape
+    oh, ow = dy.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    zero = dy.dtype.type(0)
+    for i in range(kh):
+        for j in range(kw):
+            _windows(dxp, i, j, sh, sw, oh, ow)[...] += np.where(argmax == i * kw + j, dy, zero)
+    return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+# ------------------------------------------------------------------------------------------ avg pool
+
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw):
+    """Mean over each window, padding counted as zeros (PyTorch's count_include_pad=True)."""
+    if is_gpu_array(x):
+        from . import kernels
+        return kernels.avgpool_forward(x, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x.shape
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    xp_ = _pad(x, ph, pw)
+    y = np.zeros((n, c, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            y += _windows(xp_, i, j, sh, sw, oh, ow)
+    y *= x.dtype.type(1.0 / (kh * kw))
+    return y
+
+
+def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw):
+    """Gradient of avgpool_forward: each dy spread evenly over its window."""
+    if is_gpu_array(dy):
+        from . import kernels
+        return kernels.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w = x_shape
+    oh, ow = dy.shape[2:]
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    share = dy * dy.dtype.type(1.0 / (kh * kw))
+    for i in range(kh):
+        for j in range(kw):
+            _windows(dxp, i, j, sh, sw, oh, ow)[...] += share
+    return dxp[:, :, ph:ph + h, pw:pw + w]
