@@ -1,0 +1,140 @@
+"""Time one training step (forward, backward, optimizer update) and one inference pass of gpucnn against
+PyTorch on the CPU: same architecture, batch, dtype and thread count, the two alternated in one process.
+
+    python benchmarks/compare_torch.py [--rounds 7] [--steps 10] [--threads 2] [--only lenet5|alexnet]
+
+Prints the median time per step of each and their ratio (gpucnn / torch: lower is better for gpucnn).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+
+
+def gpucnn_nets():
+    from gpucnn import layers as L
+    from gpucnn.models import lenet5
+    from gpucnn.sequential import Sequential
+
+    def alexnet_small():
+        return Sequential([
+            L.Conv2D(3, 64, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
+            L.Conv2D(64, 192, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
+            L.Conv2D(192, 384, 3, padding=1), L.ReLU(),
+            L.Conv2D(384, 256, 3, padding=1), L.ReLU(),
+            L.Conv2D(256, 256, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
+            L.Affine(4096, 1024), L.ReLU(), L.Affine(1024, 1024), L.ReLU(), L.Affine(1024, 10)])
+    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_small}
+
+
+def torch_nets():
+    import torch.nn as nn
+
+    def lenet5():
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+    def alexnet_small():
+        return nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return {"lenet5": lenet5, "alexnet": alexnet_small}
+
+
+CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32))}
+
+
+def make_gpucnn_step(name):
+    from gpucnn import layers as L
+    from gpucnn.optim import SGD
+    net = gpucnn_nets()[name]()
+    loss_layer = L.SoftmaxCrossEntropy()
+    opt = SGD(lr=0.01, momentum=0.9)
+    batch, shape = CASES[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, *shape), dtype=np.float32)
+    t = rng.integers(0, 10, batch)
+
+    def train_step():
+        loss_layer.forward(net.forward(x, train=True), t)
+        net.backward(loss_layer.backward())
+        opt.update(net.params, net.grads)
+
+    def infer():
+        net.forward(x, train=False)
+    return train_step, infer
+
+
+def make_torch_step(name):
+    import torch
+    net = torch_nets()[name]()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    batch, shape = CASES[name]
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, *shape), dtype=np.float32))
+    t = torch.from_numpy(rng.integers(0, 10, batch))
+    lossf = torch.nn.CrossEntropyLoss()
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        lossf(net(x), t).backward()
+        opt.step()
+
+    def infer():
+        with torch.no_grad():
+            net(x)
+    return train_step, infer
+
+
+def time_per_call(fn, steps):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=sorted(CASES))
+    args = ap.parse_args(argv)
+
+    import torch
+    torch.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
+    except ImportError:
+        pass
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
+          f"numpy {np.__version__}, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
+    print(f"{'case':<22}{'gpucnn ms':>11}{'torch ms':>11}{'ratio':>8}")
+    for name in ([args.only] if args.only else list(CASES)):
+        g_train, g_infer = make_gpucnn_step(name)
+        t_train, t_infer = make_torch_step(name)
+        for kind, g, t in (("train", g_train, t_train), ("inference", g_infer, t_infer)):
+            g(), t(), g(), t()  # warm-up
+            gs, ts = [], []
+            for _ in range(args.rounds):
+                gs.append(time_per_call(g, args.steps))
+                ts.append(time_per_call(t, args.steps))
+            gm, tm = statistics.median(gs) * 1e3, statistics.median(ts) * 1e3
+            batch = CASES[name][0]
+            print(f"{name + ' ' + kind + ' b' + str(batch):<22}{gm:>11.2f}{tm:>11.2f}{gm / tm:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
