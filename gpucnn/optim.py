@@ -1,0 +1,550 @@
+"""Optimizers, learning-rate schedules and gradient clipping, running on whatever device the parameters live.
+
+An optimizer updates a dict of parameter arrays (keys like "0.W") in place from a dict of gradients with the
+same keys, with torch.optim's update rules. Per-parameter state lives on the parameter's device and is created
+at the first update; step counts and bias corrections stay on the host, so an update never syncs with the
+device. Schedules are pure functions of the global step, so a resumed run gets the same rates without state.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from numbers import Real
+
+import numpy as np
+
+from . import backend
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def _real(owner, name, value, lo=0.0, hi=None, hi_open=False, lo_open=False):
+    """`value` as a Python float, or a TypeError/ValueError naming `owner` and the parameter."""
+    if isinstance(value, bool) or not isinstance(value, (Real, np.floating, np.integer)):
+        raise TypeError(f"{owner}: {name} must be a real number, got {value!r}")
+    v = float(value)
+    too_low = v <= lo if lo_open else v < lo
+    too_high = hi is not None and (v >= hi if hi_open else v > hi)
+    if math.isnan(v) or too_low or too_high:
+        lo_b = "(" if lo_open else "["
+        hi_b = (")" if hi_open else "]") if hi is not None else ")"
+        raise ValueError(f"{owner}: {name} must be in {lo_b}{lo:g}, {'inf' if hi is None else f'{hi:g}'}{hi_b}, "
+                         f"got {value!r}")
+    return v
+
+
+def _plain(value):
+    """A state-dict value as plain Python (np.load gives 0-d arrays for scalars and strings)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return value
+
+
+# ----------------------------------------------------------------------------------------- optimizers
+
+
+def _plus_scaled(xp, g, x, c):
+    """A new array g + c * x (torch's g.add(x, alpha=c)), leaving g untouched."""
+    out = xp.multiply(x, c)
+    out += g
+    return out
+
+
+class Optimizer:
+    """Base class: `update(params, grads)` applies one step to every parameter, in place.
+
+    Subclasses list their hyper-parameters in `hparams` (constructor argument names, also attributes) and
+    implement `_state_fields()` (names of the per-parameter arrays after a step) and `_step()`.
+    """
+
+    hparams: tuple[str, ...] = ()
+
+    def __init__(self):
+        self._state = {}      # param name -> {"step": host int, field -> array on the param's device}
+        self._shapes = {}     # param name -> shape the state was made for
+        self._pending = False  # state was loaded and is still on the host, not yet matched with params
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"{self.kind}({', '.join(f'{k}={getattr(self, k)!r}' for k in self.hparams)})"
+
+    def _state_fields(self) -> set:
+        raise NotImplementedError
+
+    def _step(self, xp, p, g, st, lr):
+        raise NotImplementedError
+
+    def update(self, params: dict, grads: dict):
+        """One optimisation step: every array in `params` is updated in place from `grads[name]`."""
+        if self._pending:
+            self._adopt(params)
+        lr = float(self.lr)
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is None:
+                raise ValueError(f"{self.kind}.update: no gradient for parameter {name!r} "
+                                 f"(gradients given for {sorted(grads)})")
+            if g.shape != p.shape:
+                raise ValueError(f"{self.kind}.update: parameter {name!r} has shape {tuple(p.shape)}, "
+                                 f"its gradient has shape {tuple(g.shape)}")
+            xp = backend.get_array_module(p, g)
+            st = self._state.get(name)
+            if st is None:
+                st = self._state[name] = {"step": 0}
+                self._shapes[name] = tuple(p.shape)
+            st["step"] += 1
+            self._step(xp, p, g, st, lr)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict:
+        """A flat dict of plain Python values and host numpy arrays: `np.savez(f, **opt.state_dict())` works.
+
+        Keys: "optimizer" (class name), "hparams/<name>", "state/<param>/step", "state/<param>/shape",
+        "state/<param>/<field>" (arrays copied to the host).
+        """
+        d = {"optimizer": self.kind}
+        for k in self.hparams:
+            v = getattr(self, k)
+            d[f"hparams/{k}"] = list(v) if isinstance(v, tuple) else v
+        for name, st in self._state.items():
+            d[f"state/{name}/step"] = st["step"]
+            d[f"state/{name}/shape"] = list(self._shapes[name])
+            for field, arr in st.items():
+                if field != "step":
+                    d[f"state/{name}/{field}"] = np.array(backend.to_cpu(arr), copy=True)
+        return d
+
+    def load_state_dict(self, d: dict, params: dict | None = None):
+        """Restore hyper-parameters and state from `state_dict()` output (or `dict(np.load(f))`).
+
+        The state moves to each parameter's device (and dtype) at the next update, where names and shapes are
+        checked against the parameters; pass `params` to check and move now instead.
+        """
+        where = f"{self.kind}.load_state_dict"
+        got = _plain(d.get("optimizer"))
+        if got != self.kind:
+            what = "a dict without an 'optimizer' entry" if got is None else f"one saved by {got}"
+            raise ValueError(f"{where}: expected a state dict saved by {self.kind}, got {what}")
+        hp = {}
+        for k in self.hparams:
+            if f"hparams/{k}" not in d:
+                raise ValueError(f"{where}: hyper-parameter {k!r} is missing from the state dict")
+            hp[k] = _plain(d[f"hparams/{k}"])
+        fresh = type(self)(**hp)  # validates the saved hyper-parameters
+        expected = fresh._state_fields()
+
+        state, shapes = {}, {}
+        for key, value in d.items():
+            if key == "optimizer" or key.startswith("hparams/"):
+                continue
+            if not key.startswith("state/") or key.count("/") < 2:
+                raise ValueError(f"{where}: unexpected entry {key!r} in the state dict")
+            name, field = key[len("state/"):].rsplit("/", 1)
+            entry = state.setdefault(name, {})
+            if field == "step":
+                entry["step"] = int(_plain(value))
+            elif field == "shape":
+                shapes[name] = tuple(int(s) for s in _plain(value))
+            else:
+                entry[field] = np.array(value, copy=True)
+        for name, entry in state.items():
+            if "step" not in entry or name not in shapes:
+                raise ValueError(f"{where}: state of parameter {name!r} lacks its step count or shape")
+            fields = set(entry) - {"step"}
+            if entry["step"] > 0 and fields != expected:
+                raise ValueError(f"{where}: state of parameter {name!r} should hold {sorted(expected)} for "
+                                 f"{fresh!r}, got {sorted(fields)}")
+            for field in fields:
+                if entry[field].shape != shapes[name]:
+                    raise ValueError(f"{where}: state {field!r} of parameter {name!r} has shape "
+                                     f"{entry[field].shape}, expected {shapes[name]}")
+
+        for k in self.hparams:
+            setattr(self, k, getattr(fresh, k))
+        self._state, self._shapes, self._pending = state, shapes, bool(state)
+        if params is not None and self._pending:
+            self._adopt(params)
+
+    def _adopt(self, params):
+        """Check loaded state against the parameters and move it to their devices and dtypes."""
+        where = f"{self.kind}.load_state_dict"
+        saved, given = set(self._state), set(params)
+        if saved != given:
+            raise ValueError(f"{where}: the saved state is for parameters {sorted(saved)}, the model has "
+                             f"{sorted(given)} (missing from the model: {sorted(saved - given)}; "
+                             f"without saved state: {sorted(given - saved)})")
+        for name, p in params.items():
+            if self._shapes[name] != tuple(p.shape):
+                raise ValueError(f"{where}: parameter {name!r} has shape {tuple(p.shape)}, the saved state "
+                                 f"is for shape {self._shapes[name]}")
+        device = {name: backend.device_of(p) for name, p in params.items()}
+        for name, st in self._state.items():
+            for field, arr in st.items():
+                if field != "step":
+                    arr = backend.to_device(arr.astype(params[name].dtype, copy=False), device[name])
+                    st[field] = arr
+        self._pending = False
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay, as torch.optim.SGD."""
+
+    hparams = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+        super().__init__()
+        self.lr = _real("SGD", "lr", lr)
+        self.momentum = _real("SGD", "momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self.weight_decay = _real("SGD", "weight_decay", weight_decay)
+        self.dampening = _real("SGD", "dampening", dampening, hi=1.0)
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError(f"SGD: nesterov=True needs momentum > 0 and dampening = 0, "
+                             f"got momentum={self.momentum}, dampening={self.dampening}")
+
+    def _state_fields(self):
+        return {"momentum_buffer"} if self.momentum else set()
+
+    def _step(self, xp, p, g, st, lr):
+        if self.weight_decay:
+            g = _plus_scaled(xp, g, p, self.weight_decay)
+        if self.momentum:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += g if self.dampening == 0 else (1.0 - self.dampening) * g
+            if self.nesterov:
+                g = _plus_scaled(xp, g, buf, self.momentum)
+            else:
+                g = buf
+        p -= lr * g
+
+
+class AdaGrad(Optimizer):
+    """Per-coordinate rates from the sum of squared gradients, as torch.optim.Adagrad."""
+
+    hparams = ("lr", "eps", "weight_decay", "initial_accumulator_value", "lr_decay")
+
+    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0, lr_decay=0.0):
+        super().__init__()
+        self.lr = _real("AdaGrad", "lr", lr)
+        self.eps = _real("AdaGrad", "eps", eps)
+        self.weight_decay = _real("AdaGrad", "weight_decay", weight_decay)
+        self.initial_accumulator_value = _real("AdaGrad", "initial_accumulator_value", initial_accumulator_value)
+        self.lr_decay = _real("AdaGrad", "lr_decay", lr_decay)
+
+    def _state_fields(self):
+        return {"sum"}
+
+    def _step(self, xp, p, g, st, lr):
+        if self.weight_decay:
+            g = _plus_scaled(xp, g, p, self.weight_decay)
+        s = st.get("sum")
+        if s is None:
+            s = st["sum"] = xp.full_like(p, self.initial_accumulator_value)
+        clr = lr / (1.0 + (st["step"] - 1) * self.lr_decay)
+        t = g * g
+        s += t
+        xp.sqrt(s, out=t)
+        t += self.eps
+        xp.divide(g, t, out=t)
+        t *= clr
+        p -= t
+
+
+class RMSprop(Optimizer):
+    """Rates from a running mean of squared gradients, optionally centred and with momentum, as torch.optim.RMSprop."""
+
+    hparams = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        super().__init__()
+        self.lr = _real("RMSprop", "lr", lr)
+        self.alpha = _real("RMSprop", "alpha", alpha, hi=1.0)
+        self.eps = _real("RMSprop", "eps", eps)
+        self.weight_decay = _real("RMSprop", "weight_decay", weight_decay)
+        self.momentum = _real("RMSprop", "momentum", momentum)
+        self.centered = bool(centered)
+
+    def _state_fields(self):
+        return {"square_avg"} | ({"momentum_buffer"} if self.momentum else set()) | (
+            {"grad_avg"} if self.centered else set())
+
+    def _step(self, xp, p, g, st, lr):
+        if self.weight_decay:
+            g = _plus_scaled(xp, g, p, self.weight_decay)
+        if "square_avg" not in st:
+            for field in self._state_fields():
+                st[field] = xp.zeros_like(p)
+        sq = st["square_avg"]
+        sq *= self.alpha
+        t = g * g
+        t *= 1.0 - self.alpha
+        sq += t
+        if self.centered:
+            ga = st["grad_avg"]
+            xp.subtract(g, ga, out=t)
+            t *= 1.0 - self.alpha
+            ga += t
+            xp.multiply(ga, ga, out=t)
+            xp.subtract(sq, t, out=t)
+            xp.sqrt(t, out=t)
+        else:
+            xp.sqrt(sq, out=t)
+        t += self.eps
+        xp.divide(g, t, out=t)
+        if self.momentum:
+            buf = st["momentum_buffer"]
+            buf *= self.momentum
+            buf += t
+            xp.multiply(buf, lr, out=t)
+        else:
+            t *= lr
+        p -= t
+
+
+class Adam(Optimizer):
+    """Adam with L2 weight decay added to the gradient and optional AMSGrad, as torch.optim.Adam."""
+
+    hparams = ("lr", "betas", "eps", "weight_decay", "amsgrad")
+    decoupled_weight_decay = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        super().__init__()
+        kind = self.kind
+        self.lr = _real(kind, "lr", lr)
+        try:
+            b1, b2 = betas
+        except (TypeError, ValueError):
+            raise TypeError(f"{kind}: betas must be a pair (beta1, beta2), got {betas!r}") from None
+        self.betas = (_real(kind, "betas[0]", b1, hi=1.0, hi_open=True),
+                      _real(kind, "betas[1]", b2, hi=1.0, hi_open=True))
+        self.eps = _real(kind, "eps", eps)
+        self.weight_decay = _real(kind, "weight_decay", weight_decay)
+        self.amsgrad = bool(amsgrad)
+
+    def _state_fields(self):
+        return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if self.amsgrad else set())
+
+    def _step(self, xp, p, g, st, lr):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self.decoupled_weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            else:
+                g = _plus_scaled(xp, g, p, self.weight_decay)
+        if "exp_avg" not in st:
+            for field in self._state_fields():
+                st[field] = xp.zeros_like(p)
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        step = st["step"]
+        t = g - m
+        t *= 1.0 - b1
+        m += t
+        v *= b2
+        xp.multiply(g, g, out=t)
+        t *= 1.0 - b2
+        v += t
+        if self.amsgrad:
+            v = xp.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
+        step_size = lr / (1.0 - b1 ** step)
+        xp.sqrt(v, out=t)
+        t /= (1.0 - b2 ** step) ** 0.5
+        t += self.eps
+        xp.divide(m, t, out=t)
+        t *= step_size
+        p -= t
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (parameters shrink by lr * weight_decay each step), as torch.optim.AdamW."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+_OPTIMIZERS = {
+    "sgd": (SGD, {}),
+    "momentum": (SGD, {"momentum": 0.9}),
+    "nesterov": (SGD, {"momentum": 0.9, "nesterov": True}),
+    "adagrad": (AdaGrad, {}),
+    "rmsprop": (RMSprop, {}),
+    "adam": (Adam, {}),
+    "adamw": (AdamW, {}),
+}
+
+
+def names() -> list[str]:
+    """Optimizer names accepted by get() (and the CLI)."""
+    return list(_OPTIMIZERS)
+
+
+def get(name: str, **kw) -> Optimizer:
+    """An optimizer by name; keyword arguments set to None keep the optimizer's defaults."""
+    key = str(name).strip().lower()
+    if key not in _OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(_OPTIMIZERS)}")
+    cls, defaults = _OPTIMIZERS[key]
+    return cls(**{**defaults, **{k: v for k, v in kw.items() if v is not None}})
+
+
+# ------------------------------------------------------------------------------------------ schedules
+
+
+class Schedule:
+    """A learning rate as a pure function of the global step (0 = the first update)."""
+
+    base_lr: float
+
+    def lr_at(self, step: int) -> float:
+        raise NotImplementedError
+
+    def apply(self, optimizer: Optimizer, step: int) -> float:
+        """Set optimizer.lr for the update about to be made at `step`; returns the rate."""
+        optimizer.lr = self.lr_at(step)
+        return optimizer.lr
+
+    def _check_step(self, step):
+        try:
+            s = operator.index(step)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: step must be an integer, got {step!r}") from None
+        if s < 0:
+            raise ValueError(f"{type(self).__name__}: step must be >= 0, got {s}")
+        return s
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class ConstantLR(Schedule):
+    """The same rate at every step."""
+
+    def __init__(self, base_lr):
+        self.base_lr = _real("ConstantLR", "base_lr", base_lr)
+
+    def lr_at(self, step):
+        self._check_step(step)
+        return self.base_lr
+
+
+class StepLR(Schedule):
+    """base_lr * gamma ** (step // step_size), as torch.optim.lr_scheduler.StepLR."""
+
+    def __init__(self, base_lr, step_size, gamma=0.1):
+        self.base_lr = _real("StepLR", "base_lr", base_lr)
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be an integer >= 1, got {step_size!r}")
+        self.step_size = int(step_size)
+        self.gamma = _real("StepLR", "gamma", gamma)
+
+    def lr_at(self, step):
+        return self.base_lr * self.gamma ** (self._check_step(step) // self.step_size)
+
+
+class CosineLR(Schedule):
+    """Half a cosine from base_lr down to min_lr over total_steps, then min_lr, as torch's CosineAnnealingLR
+    with T_max=total_steps, eta_min=min_lr (which would rise again after T_max)."""
+
+    def __init__(self, base_lr, total_steps, min_lr=0.0):
+        self.base_lr = _real("CosineLR", "base_lr", base_lr)
+        if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
+            raise ValueError(f"CosineLR: total_steps must be an integer >= 1, got {total_steps!r}")
+        self.total_steps = int(total_steps)
+        self.min_lr = _real("CosineLR", "min_lr", min_lr, hi=self.base_lr)
+
+    def lr_at(self, step):
+        t = min(self._check_step(step), self.total_steps)
+        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t / self.total_steps)) / 2.0
+
+
+class WarmupLR(Schedule):
+    """A schedule (or a constant rate) scaled by min(1, (step + 1) / warmup_steps): a linear ramp from
+    base/warmup_steps at step 0 to the full schedule at step warmup_steps - 1 (torch's LinearLR with
+    start_factor=1/warmup_steps, total_iters=warmup_steps-1)."""
+
+    def __init__(self, schedule_or_base_lr, warmup_steps):
+        if isinstance(schedule_or_base_lr, Schedule):
+            self.schedule = schedule_or_base_lr
+        else:
+            self.schedule = ConstantLR(schedule_or_base_lr)
+        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
+            raise ValueError(f"WarmupLR: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
+        self.warmup_steps = int(warmup_steps)
+        self.base_lr = self.schedule.base_lr
+
+    def lr_at(self, step):
+        step = self._check_step(step)
+        lr = self.schedule.lr_at(step)
+        if step + 1 < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+
+_SCHEDULES = ("constant", "step", "cosine")
+
+
+def schedule_names() -> list[str]:
+    """Schedule names accepted by make_schedule() (and the CLI)."""
+    return list(_SCHEDULES)
+
+
+def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int = 0, *, step_size=None,
+                  gamma=0.1, min_lr=0.0) -> Schedule:
+    """A schedule by name over a run of total_steps updates, with an optional linear warm-up.
+
+    "step" decays by gamma every step_size updates (default: a third of the run).
+    """
+    key = str(name).strip().lower()
+    if key == "constant":
+        sched = ConstantLR(base_lr)
+    elif key == "step":
+        sched = StepLR(base_lr, step_size if step_size is not None else max(1, int(total_steps) // 3), gamma)
+    elif key == "cosine":
+        sched = CosineLR(base_lr, total_steps, min_lr)
+    else:
+        raise ValueError(f"unknown learning-rate schedule {name!r}: expected one of {', '.join(_SCHEDULES)}")
+    return WarmupLR(sched, warmup_steps) if warmup_steps else sched
+
+
+# ------------------------------------------------------------------------------------------ gradients
+
+
+def _grad_list(grads):
+    gs = list(grads.values()) if isinstance(grads, dict) else list(grads)
+    return gs, backend.get_array_module(*gs)
+
+
+def clip_grad_norm(grads, max_norm: float):
+    """Scale all gradients in place so their joint L2 norm is at most max_norm, as
+    torch.nn.utils.clip_grad_norm_; returns the norm before clipping as a 0-d array on the gradients' device.
+
+    The scale min(1, max_norm / (norm + 1e-6)) is computed and applied on the device: no host sync.
+    """
+    max_norm = _real("clip_grad_norm", "max_norm", max_norm, lo_open=True)
+    gs, xp = _grad_list(grads)
+    if not gs:
+        return xp.asarray(0.0)
+    norms = xp.stack([xp.linalg.norm(g.ravel()) for g in gs])
+    total = xp.asarray(xp.linalg.norm(norms))
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in gs:
+        g *= coef
+    return total
+
+
+def grads_finite(grads):
+    """A 0-d bool array on the gradients' device: True when no gradient holds a NaN or an infinity."""
+    gs, xp = _grad_list(grads)
+    if not gs:
+        return xp.asarray(True)
+    return xp.asarray(xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in gs])))

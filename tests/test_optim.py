@@ -1,0 +1,414 @@
+"""Optimizers, schedules and clipping against torch (the oracle); state round trips; no host syncs on a GPU."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gpucnn import backend, optim
+
+SHAPES = {"0.W": (4, 3, 3, 3), "0.b": (4,), "1.W": (10, 7), "1.b": (10,)}
+STEPS = 10
+
+# (ours, torch class, torch kwargs)
+CONFIGS = [
+    (lambda: optim.SGD(lr=0.1), torch.optim.SGD, dict(lr=0.1)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.9), torch.optim.SGD, dict(lr=0.05, momentum=0.9)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.01)),
+    (lambda: optim.SGD(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3), torch.optim.SGD,
+     dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    (lambda: optim.AdaGrad(lr=0.1), torch.optim.Adagrad, dict(lr=0.1)),
+    (lambda: optim.AdaGrad(lr=0.1, weight_decay=0.01, initial_accumulator_value=0.1, lr_decay=0.05, eps=1e-8),
+     torch.optim.Adagrad, dict(lr=0.1, weight_decay=0.01, initial_accumulator_value=0.1, lr_decay=0.05, eps=1e-8)),
+    (lambda: optim.RMSprop(lr=0.01), torch.optim.RMSprop, dict(lr=0.01)),
+    (lambda: optim.RMSprop(lr=0.01, alpha=0.9, momentum=0.5, weight_decay=0.01), torch.optim.RMSprop,
+     dict(lr=0.01, alpha=0.9, momentum=0.5, weight_decay=0.01)),
+    (lambda: optim.RMSprop(lr=0.01, centered=True, eps=1e-6), torch.optim.RMSprop,
+     dict(lr=0.01, centered=True, eps=1e-6)),
+    (lambda: optim.RMSprop(lr=0.01, centered=True, momentum=0.9), torch.optim.RMSprop,
+     dict(lr=0.01, centered=True, momentum=0.9)),
+    (lambda: optim.Adam(lr=0.01), torch.optim.Adam, dict(lr=0.01)),
+    (lambda: optim.Adam(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1), torch.optim.Adam,
+     dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+    (lambda: optim.Adam(lr=0.01, amsgrad=True, eps=1e-6), torch.optim.Adam, dict(lr=0.01, amsgrad=True, eps=1e-6)),
+    (lambda: optim.AdamW(lr=0.01), torch.optim.AdamW, dict(lr=0.01)),
+    (lambda: optim.AdamW(lr=0.01, weight_decay=0.1, amsgrad=True), torch.optim.AdamW,
+     dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+]
+IDS = [f"{c[1].__name__}-{'-'.join(f'{k}={v}' for k, v in c[2].items())}" for c in CONFIGS]
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
+
+
+def make_params(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return {k: rng.standard_normal(s).astype(dtype) for k, s in SHAPES.items()}
+
+
+def make_grads(dtype, steps=STEPS, seed=1):
+    rng = np.random.default_rng(seed)
+    return [{k: (rng.standard_normal(s) * rng.uniform(0.1, 3)).astype(dtype) for k, s in SHAPES.items()}
+            for _ in range(steps)]
+
+
+def run(opt, params, grad_seq):
+    for grads in grad_seq:
+        opt.update(params, grads)
+    return params
+
+
+def run_torch(cls, kwargs, params, grad_seq):
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    opt = cls(list(tp.values()), **kwargs)
+    for grads in grad_seq:
+        for k, t in tp.items():
+            t.grad = torch.tensor(grads[k])
+        opt.step()
+    return {k: t.detach().numpy() for k, t in tp.items()}
+
+
+def on(device, arrays):
+    return {k: backend.to_device(v, device) for k, v in arrays.items()}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
+def test_matches_torch(ours, tcls, tkw, dtype):
+    params, grad_seq = make_params(dtype), make_grads(dtype)
+    expected = run_torch(tcls, tkw, params, grad_seq)
+    ids = {k: id(v) for k, v in params.items()}
+    grads_before = [{k: v.copy() for k, v in g.items()} for g in grad_seq]
+    opt = ours()
+    got = run(opt, params, grad_seq)
+    for k in SHAPES:
+        assert id(got[k]) == ids[k], "update must work in place"
+        assert got[k].dtype == dtype
+        np.testing.assert_allclose(got[k], expected[k], **TOL[dtype], err_msg=k)
+    for before, after in zip(grads_before, grad_seq):
+        for k in SHAPES:
+            np.testing.assert_array_equal(before[k], after[k], err_msg="gradients must not be modified")
+    for key, value in opt.state_dict().items():
+        if isinstance(value, np.ndarray) and key.startswith("state/") and not key.endswith("/shape"):
+            assert value.dtype == dtype, key
+
+
+@pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
+def test_emulated_device_no_sync_and_same_result(ours, tcls, tkw):
+    params, grad_seq = make_params(np.float32), make_grads(np.float32)
+    cpu = run(ours(), {k: v.copy() for k, v in params.items()}, grad_seq)
+    dev_params = on("emulated", params)
+    dev_grads = [on("emulated", g) for g in grad_seq]
+    ids = {k: id(v) for k, v in dev_params.items()}
+    opt = ours()
+    backend.transfer_stats.reset()
+    run(opt, dev_params, dev_grads)
+    assert backend.transfer_stats.device_to_host == 0
+    for k in SHAPES:
+        assert id(dev_params[k]) == ids[k]
+        assert isinstance(dev_params[k], backend.EmulatedArray)
+        np.testing.assert_array_equal(backend.to_cpu(dev_params[k]), cpu[k])
+    for st in opt._state.values():
+        for field, arr in st.items():
+            if field != "step":
+                assert backend.device_of(arr) == backend.EMULATED, field
+
+
+@pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
+def test_state_dict_resume_is_bit_identical(ours, tcls, tkw, tmp_path):
+    params, grad_seq = make_params(np.float32), make_grads(np.float32)
+    straight = run(ours(), {k: v.copy() for k, v in params.items()}, grad_seq)
+
+    first = ours()
+    half = run(first, {k: v.copy() for k, v in params.items()}, grad_seq[:5])
+    sd = first.state_dict()
+    np.savez(tmp_path / "opt.npz", **sd)
+    run(first, {k: v.copy() for k, v in half.items()}, grad_seq[5:])  # the saved dict must not change
+    for key, value in first.state_dict().items():
+        if key.startswith("state/") and key.endswith("/step"):
+            assert value == 10
+
+    for source in (sd, dict(np.load(tmp_path / "opt.npz"))):
+        resumed = type(first)()  # default hyper-parameters: the state dict brings the saved ones
+        resumed.load_state_dict(source)
+        assert repr(resumed) == repr(first)
+        got = run(resumed, {k: v.copy() for k, v in half.items()}, grad_seq[5:])
+        for k in SHAPES:
+            np.testing.assert_array_equal(got[k], straight[k], err_msg=k)
+
+
+def test_resume_on_emulated_device_moves_state_lazily():
+    params, grad_seq = make_params(np.float32), make_grads(np.float32)
+    straight = run(optim.Adam(lr=0.01, amsgrad=True), {k: v.copy() for k, v in params.items()}, grad_seq)
+    first = optim.Adam(lr=0.01, amsgrad=True)
+    half = run(first, on("emulated", params), [on("emulated", g) for g in grad_seq[:5]])
+    sd = first.state_dict()
+    resumed = optim.Adam()
+    resumed.load_state_dict(sd)
+    dev_grads = [on("emulated", g) for g in grad_seq[5:]]
+    backend.transfer_stats.reset()
+    run(resumed, half, dev_grads)
+    assert backend.transfer_stats.device_to_host == 0
+    for k in SHAPES:
+        np.testing.assert_array_equal(backend.to_cpu(half[k]), straight[k])
+
+
+def test_state_dict_values_are_plain_or_host_arrays():
+    opt = optim.RMSprop(momentum=0.9, centered=True)
+    run(opt, on("emulated", make_params(np.float32)), [on("emulated", g) for g in make_grads(np.float32, 2)])
+    for key, value in opt.state_dict().items():
+        assert type(value) in (str, int, float, bool, list, np.ndarray), (key, type(value))
+        if isinstance(value, np.ndarray):
+            assert type(value) is np.ndarray, key
+
+
+def test_load_rejects_other_optimizer_type():
+    sgd = optim.SGD(momentum=0.9)
+    run(sgd, make_params(np.float64), make_grads(np.float64, 2))
+    with pytest.raises(ValueError, match=r"Adam.*expected a state dict saved by Adam.*SGD"):
+        optim.Adam().load_state_dict(sgd.state_dict())
+    with pytest.raises(ValueError, match="AdamW.*Adam"):
+        optim.AdamW().load_state_dict(optim.Adam().state_dict())
+    with pytest.raises(ValueError, match="without an 'optimizer' entry"):
+        optim.SGD().load_state_dict({})
+
+
+def test_load_rejects_unknown_or_missing_parameter_names():
+    opt = optim.Adam()
+    params = make_params(np.float64)
+    run(opt, params, make_grads(np.float64, 2))
+    renamed = {("2.W" if k == "1.W" else k): v for k, v in params.items()}
+    resumed = optim.Adam()
+    resumed.load_state_dict(opt.state_dict())
+    grads = {k: np.zeros_like(v) for k, v in renamed.items()}
+    with pytest.raises(ValueError, match=r"Adam.load_state_dict.*1\.W.*2\.W"):
+        resumed.update(renamed, grads)
+    with pytest.raises(ValueError, match=r"missing from the model: \['1\.W'\]"):
+        optim.Adam().load_state_dict(opt.state_dict(), params=renamed)
+
+
+def test_load_rejects_shape_mismatch():
+    opt = optim.SGD(momentum=0.9)
+    params = make_params(np.float64)
+    run(opt, params, make_grads(np.float64, 2))
+    params["0.b"] = np.zeros(5)
+    with pytest.raises(ValueError, match=r"'0\.b' has shape \(5,\).*\(4,\)"):
+        optim.SGD(momentum=0.9).load_state_dict(opt.state_dict(), params=params)
+    sd = opt.state_dict()
+    sd["state/1.W/momentum_buffer"] = np.zeros((3, 3))
+    with pytest.raises(ValueError, match=r"momentum_buffer.*'1\.W'.*\(3, 3\).*\(10, 7\)"):
+        optim.SGD().load_state_dict(sd)
+
+
+def test_load_rejects_state_fields_not_matching_hyperparameters():
+    opt = optim.Adam(amsgrad=True)
+    run(opt, make_params(np.float64), make_grads(np.float64, 1))
+    sd = opt.state_dict()
+    sd["hparams/amsgrad"] = False
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):
+        optim.Adam().load_state_dict(sd)
+
+
+def test_update_rejects_missing_or_misshapen_gradient():
+    params = make_params(np.float64)
+    with pytest.raises(ValueError, match=r"SGD.update: no gradient for parameter '0\.b'"):
+        optim.SGD().update(params, {k: v for k, v in make_grads(np.float64, 1)[0].items() if k != "0.b"})
+    with pytest.raises(ValueError, match=r"'0\.b' has shape \(4,\), its gradient has shape \(3,\)"):
+        optim.SGD().update(params, {**make_grads(np.float64, 1)[0], "0.b": np.zeros(3)})
+
+
+def test_update_rejects_host_gradient_for_device_parameter():
+    params = on("emulated", make_params(np.float32))
+    with pytest.raises(backend.DeviceMismatchError):
+        optim.Adam().update(params, make_grads(np.float32, 1)[0])
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: optim.SGD(lr=-0.1), r"SGD: lr must be"),
+    (lambda: optim.SGD(momentum=-0.5), r"SGD: momentum must be"),
+    (lambda: optim.SGD(nesterov=True), r"SGD: nesterov=True needs momentum"),
+    (lambda: optim.SGD(momentum=0.9, nesterov=True, dampening=0.1), r"SGD: nesterov=True needs .*dampening"),
+    (lambda: optim.SGD(weight_decay=-1), r"SGD: weight_decay must be"),
+    (lambda: optim.AdaGrad(eps=-1e-3), r"AdaGrad: eps must be"),
+    (lambda: optim.AdaGrad(lr_decay=-1), r"AdaGrad: lr_decay must be"),
+    (lambda: optim.RMSprop(alpha=1.5), r"RMSprop: alpha must be"),
+    (lambda: optim.RMSprop(momentum=-1), r"RMSprop: momentum must be"),
+    (lambda: optim.Adam(betas=(1.0, 0.999)), r"Adam: betas\[0\] must be in \[0, 1\), got 1.0"),
+    (lambda: optim.Adam(betas=(0.9, -0.1)), r"Adam: betas\[1\] must be"),
+    (lambda: optim.AdamW(lr=-1e-3), r"AdamW: lr must be"),
+    (lambda: optim.AdamW(eps=float("nan")), r"AdamW: eps must be"),
+])
+def test_invalid_hyperparameters(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_non_numeric_hyperparameter_is_a_type_error():
+    with pytest.raises(TypeError, match="Adam: lr must be a real number"):
+        optim.Adam(lr="fast")
+    with pytest.raises(TypeError, match="Adam: betas must be a pair"):
+        optim.Adam(betas=0.9)
+
+
+def test_factory():
+    assert optim.names() == ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+    for name in optim.names():
+        assert isinstance(optim.get(name), optim.Optimizer)
+    m = optim.get("momentum", lr=0.5, weight_decay=None)
+    assert (type(m), m.momentum, m.lr, m.weight_decay) == (optim.SGD, 0.9, 0.5, 0.0)
+    n = optim.get("Nesterov")
+    assert n.nesterov and n.momentum == 0.9
+    assert type(optim.get("adamw")) is optim.AdamW and optim.get("adamw").weight_decay == 1e-2
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'.*adamw"):
+        optim.get("lion")
+
+
+def test_lr_is_a_plain_attribute_read_at_each_update():
+    params, grad_seq = make_params(np.float64), make_grads(np.float64, 4)
+    lrs = [0.1, 0.05, 0.0, 0.2]
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    topt = torch.optim.SGD(list(tp.values()), lr=0.1, momentum=0.9)
+    opt = optim.SGD(lr=0.1, momentum=0.9)
+    for lr, grads in zip(lrs, grad_seq):
+        opt.lr = lr
+        opt.update(params, grads)
+        topt.param_groups[0]["lr"] = lr
+        for k, t in tp.items():
+            t.grad = torch.tensor(grads[k])
+        topt.step()
+    for k in SHAPES:
+        np.testing.assert_allclose(params[k], tp[k].detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------------------------------ schedules
+
+def torch_lrs(make_sched, base_lr, steps):
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+    sched = make_sched(opt)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_step_lr_matches_torch():
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=7, gamma=0.5), 0.3, 40)
+    s = optim.StepLR(0.3, step_size=7, gamma=0.5)
+    np.testing.assert_allclose([s.lr_at(i) for i in range(40)], expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("min_lr", [0.0, 0.01])
+def test_cosine_lr_matches_torch(min_lr):
+    total = 50
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=min_lr),
+                         0.1, total + 1)
+    s = optim.CosineLR(0.1, total, min_lr=min_lr)
+    np.testing.assert_allclose([s.lr_at(i) for i in range(total + 1)], expected, rtol=1e-9, atol=1e-15)
+    assert s.lr_at(total + 10) == min_lr
+
+
+def test_warmup_matches_torch_linear_lr():
+    w = 8
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1 / w, total_iters=w - 1),
+                         0.2, 20)
+    s = optim.WarmupLR(0.2, w)
+    np.testing.assert_allclose([s.lr_at(i) for i in range(20)], expected, rtol=1e-12)
+    assert s.lr_at(0) > 0
+
+
+def test_warmup_of_cosine_matches_torch_chained():
+    w, total = 5, 30
+
+    def chained(o):
+        lin = torch.optim.lr_scheduler.LinearLR(o, start_factor=1 / w, total_iters=w - 1)
+        cos = torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total)
+        return torch.optim.lr_scheduler.ChainedScheduler([lin, cos])
+
+    expected = torch_lrs(chained, 0.1, total)
+    s = optim.WarmupLR(optim.CosineLR(0.1, total), w)
+    np.testing.assert_allclose([s.lr_at(i) for i in range(total)], expected, rtol=1e-9)
+    assert s.base_lr == 0.1
+
+
+def test_schedule_apply_and_factory():
+    opt = optim.Adam(lr=1.0)
+    s = optim.make_schedule("cosine", 0.1, 100, warmup_steps=10)
+    assert isinstance(s, optim.WarmupLR) and isinstance(s.schedule, optim.CosineLR)
+    assert s.apply(opt, 50) == opt.lr == s.lr_at(50)
+    assert isinstance(opt.lr, float)
+    assert optim.make_schedule("step", 0.1, 90).step_size == 30
+    assert optim.make_schedule("constant", 0.1, 90).lr_at(89) == 0.1
+    assert optim.schedule_names() == ["constant", "step", "cosine"]
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
+        optim.make_schedule("linear", 0.1, 10)
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: optim.StepLR(0.1, 0), ValueError, "StepLR: step_size"),
+    (lambda: optim.CosineLR(0.1, 0), ValueError, "CosineLR: total_steps"),
+    (lambda: optim.CosineLR(0.1, 10, min_lr=0.2), ValueError, "CosineLR: min_lr"),
+    (lambda: optim.WarmupLR(0.1, -1), ValueError, "WarmupLR: warmup_steps"),
+    (lambda: optim.ConstantLR(-0.1), ValueError, "ConstantLR: base_lr"),
+    (lambda: optim.ConstantLR(0.1).lr_at(-1), ValueError, "ConstantLR: step must be >= 0"),
+    (lambda: optim.StepLR(0.1, 3).lr_at(1.5), TypeError, "StepLR: step must be an integer"),
+])
+def test_schedule_errors(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+# ------------------------------------------------------------------------------------------ gradients
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])
+def test_clip_grad_norm_matches_torch(dtype, max_norm):
+    grads = make_grads(dtype, 1)[0]
+    tg = [torch.tensor(g) for g in grads.values()]
+    ts = [torch.zeros_like(t, requires_grad=True) for t in tg]
+    for t, g in zip(ts, tg):
+        t.grad = g.clone()
+    expected_norm = torch.nn.utils.clip_grad_norm_(ts, max_norm)
+    ids = {k: id(v) for k, v in grads.items()}
+    norm = optim.clip_grad_norm(grads, max_norm)
+    assert isinstance(norm, np.ndarray) and norm.shape == () and norm.dtype == dtype
+    tol = TOL[dtype]
+    np.testing.assert_allclose(norm, expected_norm.numpy(), **tol)
+    for (k, g), t in zip(grads.items(), ts):
+        assert id(g) == ids[k]
+        np.testing.assert_allclose(g, t.grad.numpy(), **tol)
+    if max_norm > 1e3:
+        np.testing.assert_array_equal(list(grads.values())[0], list(make_grads(dtype, 1)[0].values())[0])
+
+
+def test_clip_grad_norm_on_emulated_device_stays_there():
+    grads = make_grads(np.float32, 1)[0]
+    cpu = {k: v.copy() for k, v in grads.items()}
+    cpu_norm = optim.clip_grad_norm(cpu, 1.0)
+    dev = on("emulated", grads)
+    backend.transfer_stats.reset()
+    norm = optim.clip_grad_norm(dev, 1.0)
+    assert backend.transfer_stats.device_to_host == 0
+    assert backend.device_of(norm) == backend.EMULATED and norm.shape == ()
+    np.testing.assert_array_equal(backend.to_cpu(norm), cpu_norm)
+    for k in SHAPES:
+        np.testing.assert_array_equal(backend.to_cpu(dev[k]), cpu[k])
+
+
+def test_clip_grad_norm_rejects_bad_max_norm():
+    with pytest.raises(ValueError, match="clip_grad_norm: max_norm"):
+        optim.clip_grad_norm(make_grads(np.float32, 1)[0], 0.0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, None])
+def test_grads_finite(bad):
+    grads = on("emulated", make_grads(np.float32, 1)[0])
+    if bad is not None:
+        grads["1.W"][3, 2] = bad
+    backend.transfer_stats.reset()
+    ok = optim.grads_finite(grads)
+    assert backend.transfer_stats.device_to_host == 0
+    assert backend.device_of(ok) == backend.EMULATED and ok.shape == () and ok.dtype == np.bool_
+    assert bool(backend.to_cpu(ok)) is (bad is None)
+    cpu_ok = optim.grads_finite({k: backend.to_cpu(v) for k, v in grads.items()})
+    assert isinstance(cpu_ok, np.ndarray) and bool(cpu_ok) is (bad is None)
