@@ -1,0 +1,233 @@
+"""The model zoo: functions returning a :class:`~gpucnn.sequential.Sequential` sized for the input.
+
+Every model takes ``in_channels``, ``input_size`` (an int or ``(h, w)``) and ``num_classes``; the sizes
+of the affine layers are derived from the input, so the same net trains on 28x28 Fashion-MNIST or
+32x32 CIFAR-10. An input too small for a net raises ValueError naming the smallest size that fits.
+
+- ``lenet5``: LeCun et al. 1998 with ReLU and max-pooling: conv 6@5x5 pad 2, pool 2, conv 16@5x5,
+  pool 2, affine 120, 84, classes.
+- ``simple_convnet``: the one-conv net of "Deep Learning from Scratch": conv 30@5x5, pool 2, affine 100.
+- ``alexnet``: Krizhevsky et al. 2012: five conv layers, LRN after the first two, overlapping 3x3/2
+  max-pools, two dropout+affine layers. Two forms, picked by input size (or ``form=``):
+    * ``imagenet`` (input >= 128, e.g. 3x227x227): 96@11x11/4, 256@5x5 p2, 384, 384, 256 @3x3 p1,
+      affine 4096, 4096 (about 62M parameters at 227x227 with 1000 classes);
+    * ``small`` (28-127 px, e.g. CIFAR-10): 64@3x3 p1, 192@3x3 p1, 384, 256, 256 @3x3 p1,
+      affine 1024, 1024.
+- ``vgg``: Simonyan & Zisserman 2014 style: blocks of (3x3 conv, BatchNorm2D, ReLU) x 2 then a 2x2
+  max-pool, widths 32, 64, 128 by default, then dropout, affine 256 with BatchNorm1D, classes.
+"""
+from __future__ import annotations
+
+from .ops import out_size
+
+# A net is described as a list of layer specs, walked once for shapes (to size the affine layers and
+# report a too-small input) and then instantiated.
+
+
+def _size(input_size) -> tuple[int, int]:
+    if isinstance(input_size, bool):
+        raise TypeError(f"input_size must be an int or (h, w), got {input_size!r}")
+    if isinstance(input_size, int):
+        h = w = input_size
+    elif isinstance(input_size, (tuple, list)) and len(input_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in input_size):
+        h, w = input_size
+    else:
+        raise TypeError(f"input_size must be an int or (h, w), got {input_size!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"input_size must be positive, got {h}x{w}")
+    return h, w
+
+
+def _positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _walk(specs, c, h, w):
+    """Shapes through the specs: the list of input shapes (c, h, w) or (features,) per spec.
+
+    Raises _TooSmall(index) when a window no longer fits.
+    """
+    shapes = []
+    shape = (c, h, w)
+    for i, spec in enumerate(specs):
+        shapes.append(shape)
+        kind = spec[0]
+        if kind == "conv":
+            _, out, k, s, p = spec[:5]
+            oh, ow = out_size(shape[1], k, s, p), out_size(shape[2], k, s, p)
+            if oh < 1 or ow < 1:
+                raise _TooSmall(i, shape)
+            shape = (out, oh, ow)
+        elif kind == "pool":
+            _, k, s = spec
+            oh, ow = out_size(shape[1], k, s, 0), out_size(shape[2], k, s, 0)
+            if oh < 1 or ow < 1:
+                raise _TooSmall(i, shape)
+            shape = (shape[0], oh, ow)
+        elif kind == "affine":
+            shape = (spec[1],)
+    return shapes
+
+
+class _TooSmall(Exception):
+    def __init__(self, index, shape):
+        super().__init__(index, shape)
+        self.index, self.shape = index, shape
+
+
+def _describe(spec):
+    kind = spec[0]
+    if kind == "conv":
+        _, out, k, s, p = spec[:5]
+        return f"conv {out}@{k}x{k}" + (f"/{s}" if s != 1 else "") + (f" pad {p}" if p else "")
+    if kind == "pool":
+        return f"max-pool {spec[1]}x{spec[1]}/{spec[2]}"
+    return kind
+
+
+def _build(name, specs_fn, in_channels, input_size, num_classes, **options):
+    """Validate the arguments, walk the shapes and instantiate the layers into a Sequential."""
+    from . import layers as L
+    from .sequential import Sequential
+
+    _positive("in_channels", in_channels)
+    _positive("num_classes", num_classes)
+    h, w = _size(input_size)
+    specs = specs_fn(num_classes=num_classes, **options)
+    try:
+        shapes = _walk(specs, in_channels, h, w)
+    except _TooSmall as e:
+        smallest = next((s for s in range(1, 1025) if _fits(specs, in_channels, s)), None)
+        need = f"; it needs at least {smallest}x{smallest}" if smallest else ""
+        raise ValueError(f"{name}: input_size {h}x{w} is too small: the {e.shape[1]}x{e.shape[2]} feature map "
+                         f"before layer {e.index} ({_describe(specs[e.index])}) has no room for its "
+                         f"window{need}") from None
+    layers = []
+    for spec, shape in zip(specs, shapes):
+        kind = spec[0]
+        if kind == "conv":
+            _, out, k, s, p, bias = spec
+            layers.append(L.Conv2D(shape[0], out, k, stride=s, padding=p, bias=bias))
+        elif kind == "pool":
+            layers.append(L.MaxPool2D(spec[1], stride=spec[2]))
+        elif kind == "relu":
+            layers.append(L.ReLU())
+        elif kind == "lrn":
+            layers.append(L.LRN(size=5, alpha=1e-4, beta=0.75, k=2.0))
+        elif kind == "dropout":
+            layers.append(L.Dropout(spec[1]))
+        elif kind == "bn2d":
+            layers.append(L.BatchNorm2D(shape[0]))
+        elif kind == "bn1d":
+            layers.append(L.BatchNorm1D(shape[0]))
+        elif kind == "affine":
+            features = 1
+            for d in shape:
+                features *= d
+            layers.append(L.Affine(features, spec[1]))
+        else:  # pragma: no cover - specs are written in this file
+            raise AssertionError(kind)
+    return Sequential(layers)
+
+
+def _fits(specs, c, s):
+    try:
+        _walk(specs, c, s, s)
+        return True
+    except _TooSmall:
+        return False
+
+
+# --------------------------------------------------------------------------------------------- models
+
+def _conv(out, k, stride=1, padding=0, bias=True):
+    return ("conv", out, k, stride, padding, bias)
+
+
+def _pool(k, stride=None):
+    return ("pool", k, stride or k)
+
+
+RELU = ("relu",)
+
+
+def lenet5(in_channels: int = 1, input_size=28, num_classes: int = 10):
+    """LeNet-5 with ReLU and max-pooling (about 62k parameters at 1x28x28, 10 classes)."""
+    def specs(num_classes):
+        return [_conv(6, 5, padding=2), RELU, _pool(2),
+                _conv(16, 5), RELU, _pool(2),
+                ("affine", 120), RELU, ("affine", 84), RELU, ("affine", num_classes)]
+    return _build("lenet5", specs, in_channels, input_size, num_classes)
+
+
+def simple_convnet(in_channels: int = 1, input_size=28, num_classes: int = 10):
+    """One conv layer (30@5x5), a 2x2 max-pool and two affine layers (100 hidden units)."""
+    def specs(num_classes):
+        return [_conv(30, 5), RELU, _pool(2), ("affine", 100), RELU, ("affine", num_classes)]
+    return _build("simple_convnet", specs, in_channels, input_size, num_classes)
+
+
+ALEXNET_FORMS = ("imagenet", "small")
+
+
+def alexnet(in_channels: int = 3, input_size=227, num_classes: int = 1000, dropout: float = 0.5,
+            form: str | None = None):
+    """AlexNet: the ImageNet form for inputs of 128 px and more, a small form for 28-127 px (see module doc)."""
+    h, w = _size(input_size)
+    if form is None:
+        form = "imagenet" if min(h, w) >= 128 else "small"
+    if form not in ALEXNET_FORMS:
+        raise ValueError(f"alexnet: form must be one of {', '.join(ALEXNET_FORMS)}, got {form!r}")
+
+    def specs(num_classes):
+        if form == "imagenet":
+            convs = [_conv(96, 11, stride=4), RELU, ("lrn",), _pool(3, 2),
+                     _conv(256, 5, padding=2), RELU, ("lrn",), _pool(3, 2)]
+            widths, hidden = (384, 384, 256), 4096
+        else:
+            convs = [_conv(64, 3, padding=1), RELU, ("lrn",), _pool(3, 2),
+                     _conv(192, 3, padding=1), RELU, ("lrn",), _pool(3, 2)]
+            widths, hidden = (384, 256, 256), 1024
+        for width in widths:
+            convs += [_conv(width, 3, padding=1), RELU]
+        return convs + [_pool(3, 2),
+                        ("dropout", dropout), ("affine", hidden), RELU,
+                        ("dropout", dropout), ("affine", hidden), RELU,
+                        ("affine", num_classes)]
+    return _build(f"alexnet ({form} form)", specs, in_channels, (h, w), num_classes)
+
+
+def vgg(in_channels: int = 3, input_size=32, num_classes: int = 10, widths=(32, 64, 128),
+        convs_per_block: int = 2, hidden: int = 256, dropout: float = 0.5):
+    """VGG-style: per width a block of (3x3 conv, BatchNorm2D, ReLU) x convs_per_block and a 2x2 max-pool."""
+    def specs(num_classes):
+        out = []
+        for width in widths:
+            for _ in range(convs_per_block):
+                out += [_conv(width, 3, padding=1, bias=False), ("bn2d",), RELU]
+            out.append(_pool(2))
+        return out + [("dropout", dropout), ("affine", hidden), ("bn1d",), RELU, ("affine", num_classes)]
+    return _build("vgg", specs, in_channels, input_size, num_classes)
+
+
+MODELS = {"lenet5": lenet5, "simple_convnet": simple_convnet, "alexnet": alexnet, "vgg": vgg}
+
+
+def names() -> list[str]:
+    """The model names get() knows."""
+    return list(MODELS)
+
+
+def canonical_name(name: str) -> str:
+    """The registry spelling of a model name ('LeNet5' -> 'lenet5'); ValueError listing the names if unknown."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in MODELS:
+        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
+    return key
+
+
+def get(name: str, **kwargs):
+    """Build the model called `name` (in_channels=, input_size=, num_classes=, model options)."""
+    return MODELS[canonical_name(name)](**kwargs)
