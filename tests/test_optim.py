@@ -436,3 +436,21 @@ def test_grads_finite(bad):
     assert bool(backend.to_cpu(ok)) is (bad is None)
     cpu_ok = optim.grads_finite({k: backend.to_cpu(v) for k, v in grads.items()})
     assert isinstance(cpu_ok, np.ndarray) and bool(cpu_ok) is (bad is None)
+
+
+def test_every_optimizer_and_clipping_on_any_device(any_device):
+    """Same results on the CPU, the emulated GPU and (where there is one) a real GPU."""
+    params, grad_seq = make_params(np.float32), make_grads(np.float32, 4)
+    for ours, _, _ in CONFIGS:
+        cpu = run(ours(), {k: v.copy() for k, v in params.items()}, grad_seq)
+        dev = run(ours(), on(any_device, params), [on(any_device, g) for g in grad_seq])
+        for k in SHAPES:
+            assert backend.device_of(dev[k]) == any_device
+            np.testing.assert_allclose(backend.to_cpu(dev[k]), cpu[k], rtol=1e-5, atol=1e-6)
+    grads = on(any_device, grad_seq[0])
+    norm = optim.clip_grad_norm(grads, 1.0)
+    finite = optim.grads_finite(grads)
+    assert backend.device_of(norm) == backend.device_of(finite) == any_device
+    cpu_grads = {k: v.copy() for k, v in grad_seq[0].items()}
+    np.testing.assert_allclose(backend.to_cpu(norm), optim.clip_grad_norm(cpu_grads, 1.0), rtol=1e-5)
+    assert bool(backend.to_cpu(finite))
