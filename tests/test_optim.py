@@ -447,10 +447,10 @@ def test_every_optimizer_and_clipping_on_any_device(any_device):
         for k in SHAPES:
             assert backend.device_of(dev[k]) == any_device
             np.testing.assert_allclose(backend.to_cpu(dev[k]), cpu[k], rtol=1e-5, atol=1e-6)
+    cpu_grads = {k: v.copy() for k, v in grad_seq[0].items()}
     grads = on(any_device, grad_seq[0])
     norm = optim.clip_grad_norm(grads, 1.0)
     finite = optim.grads_finite(grads)
     assert backend.device_of(norm) == backend.device_of(finite) == any_device
-    cpu_grads = {k: v.copy() for k, v in grad_seq[0].items()}
     np.testing.assert_allclose(backend.to_cpu(norm), optim.clip_grad_norm(cpu_grads, 1.0), rtol=1e-5)
     assert bool(backend.to_cpu(finite))
