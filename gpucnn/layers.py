@@ -408,7 +408,7 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        self.negative_slope = _float_arg(negative_slope, "negative_slope", "LeakyReLU", 0.0, float("inf"))
+        self.negative_slope = _float_arg(negative_slope, "negative_slope", "LeakyReLU", -float("inf"), float("inf"))
 
     def __repr__(self):
         return f"LeakyReLU(negative_slope={self.negative_slope})"

@@ -1,0 +1,433 @@
+"""Every layer's forward and gradients against PyTorch (CPU, float32) on seeded random shapes.
+
+Shapes, strides, paddings and sizes are drawn from seeded generators (plus hand-picked edge cases), so
+the cases cover configurations nobody picked by hand. Tolerance: max|ours - torch| <= 2e-4 * max(1, max|torch|).
+"""
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gpucnn
+from gpucnn import layers as L
+from gpucnn.sequential import Sequential
+
+TOL = 2e-4
+N_RANDOM = 40
+
+
+def assert_close(ours, ref, what="", tol=TOL):
+    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
+    ours = np.asarray(ours)
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != torch {ref.shape}"
+    assert ours.dtype == ref.dtype, f"{what}: dtype {ours.dtype} != torch {ref.dtype}"
+    err = float(np.max(np.abs(ours - ref))) if ref.size else 0.0
+    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
+    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"
+
+
+def case_rng(case):
+    """A generator seeded from a case's description (stable across runs, unlike hash())."""
+    return np.random.default_rng(zlib.crc32(repr(case).encode()))
+
+
+def randn(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def leaf(a):
+    return torch.tensor(a, requires_grad=True)
+
+
+def run_ours(layer, x, dout):
+    y = layer.forward(x)
+    dx = layer.backward(dout)
+    return y, dx
+
+
+# ----------------------------------------------------------------------------------------- Conv2D
+
+def conv_cases():
+    cases = [  # (n, cin, cout, (h, w), (kh, kw), (sh, sw), (ph, pw), bias)
+        (1, 1, 1, (5, 5), (5, 5), (1, 1), (0, 0), True),      # kernel == input, batch 1, channels 1
+        (2, 3, 4, (7, 9), (7, 9), (2, 3), (0, 0), True),      # kernel == non-square input
+        (2, 3, 5, (8, 8), (3, 3), (1, 1), (1, 1), True),      # "same" conv
+        (3, 2, 4, (9, 7), (2, 4), (2, 1), (1, 2), False),     # non-square everything, no bias
+        (2, 4, 3, (6, 6), (1, 1), (1, 1), (0, 0), True),      # 1x1 conv
+        (1, 2, 3, (4, 5), (3, 3), (5, 5), (2, 2), True),      # stride larger than the input
+        (2, 1, 2, (3, 3), (5, 5), (1, 1), (2, 1), True),      # kernel larger than input, padded
+        (2, 2, 2, (10, 10), (3, 3), (3, 3), (0, 0), True),    # stride leaves the right edge unused
+    ]
+    rng = np.random.default_rng(1234)
+    for _ in range(N_RANDOM):
+        kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+        sh, sw = (int(v) for v in rng.integers(1, 4, size=2))
+        ph, pw = (int(v) for v in rng.integers(0, 4, size=2))
+        h = int(rng.integers(max(1, kh - 2 * ph), kh + 9))
+        w = int(rng.integers(max(1, kw - 2 * pw), kw + 9))
+        cases.append((int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 6)), (h, w),
+                      (kh, kw), (sh, sw), (ph, pw), bool(rng.integers(0, 2))))
+    return cases
+
+
+@pytest.mark.parametrize("case", conv_cases(), ids=str)
+def test_conv2d_matches_torch(case):
+    n, cin, cout, (h, w), k, s, p, bias = case
+    rng = case_rng(case)
+    layer = L.Conv2D(cin, cout, k, stride=s, padding=p, bias=bias)
+    if bias:
+        layer.params["b"][...] = randn(rng, cout)
+    x = randn(rng, n, cin, h, w)
+    xt, wt = leaf(x), leaf(layer.params["W"].copy())
+    bt = leaf(layer.params["b"].copy()) if bias else None
+    yt = F.conv2d(xt, wt, bt, stride=s, padding=p)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(layer, x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+    assert_close(layer.grads["W"], wt.grad, "dW")
+    if bias:
+        assert_close(layer.grads["b"], bt.grad, "db")
+    else:
+        assert "b" not in layer.params and "b" not in layer.grads
+
+
+# ----------------------------------------------------------------------------------------- pools
+
+def pool_cases():
+    cases = [  # (n, c, (h, w), (kh, kw), stride or None, (ph, pw))
+        (1, 1, (4, 4), (4, 4), None, (0, 0)),   # kernel == input
+        (2, 3, (7, 5), (2, 2), None, (0, 0)),   # odd sizes round down
+        (2, 2, (6, 9), (3, 2), (2, 3), (1, 1)),
+        (1, 2, (5, 5), (3, 3), (1, 1), (1, 1)),
+        (2, 1, (2, 3), (4, 4), (1, 1), (2, 2)),  # kernel larger than input, padded
+        (2, 2, (5, 5), (1, 1), (2, 2), (0, 0)),
+    ]
+    rng = np.random.default_rng(4321)
+    for _ in range(N_RANDOM):
+        kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+        stride = None if rng.random() < 0.3 else tuple(int(v) for v in rng.integers(1, 4, size=2))
+        ph, pw = int(rng.integers(0, kh // 2 + 1)), int(rng.integers(0, kw // 2 + 1))
+        h = int(rng.integers(max(1, kh - 2 * ph), kh + 8))
+        w = int(rng.integers(max(1, kw - 2 * pw), kw + 8))
+        cases.append((int(rng.integers(1, 4)), int(rng.integers(1, 4)), (h, w), (kh, kw), stride, (ph, pw)))
+    return cases
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", pool_cases(), ids=str)
+def test_pool_matches_torch(kind, case):
+    n, c, (h, w), k, stride, p = case
+    rng = case_rng((kind, case))
+    layer = (L.MaxPool2D if kind == "max" else L.AvgPool2D)(k, stride=stride, padding=p)
+    x = randn(rng, n, c, h, w)
+    xt = leaf(x)
+    fn = F.max_pool2d if kind == "max" else F.avg_pool2d
+    yt = fn(xt, k, stride=stride, padding=p)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(layer, x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_maxpool_ties_match_torch(seed):
+    """Inputs from {0, 1, 2}: many tied maxima; the gradient must go where PyTorch sends it."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, size=(2, 3, 7, 6)).astype(np.float32)
+    layer = L.MaxPool2D(3, stride=2, padding=1)
+    xt = leaf(x)
+    yt = F.max_pool2d(xt, 3, stride=2, padding=1)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(layer, x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
+# ----------------------------------------------------------------------------------------- affine
+
+def affine_cases():
+    cases = [((1, 1), 1), ((3, 2, 3, 4), 5), ((4, 7), 1)]
+    rng = np.random.default_rng(99)
+    for _ in range(N_RANDOM // 2):
+        ndim = int(rng.integers(2, 5))
+        shape = tuple(int(v) for v in rng.integers(1, 7, size=ndim))
+        cases.append((shape, int(rng.integers(1, 20))))
+    return cases
+
+
+@pytest.mark.parametrize("case", affine_cases(), ids=str)
+def test_affine_matches_torch(case):
+    shape, out = case
+    rng = case_rng(case)
+    fin = int(np.prod(shape[1:]))
+    layer = L.Affine(fin, out, init="xavier")
+    layer.params["b"][...] = randn(rng, out)
+    x = randn(rng, *shape)
+    xt, wt, bt = leaf(x), leaf(layer.params["W"].T.copy()), leaf(layer.params["b"].copy())
+    yt = F.linear(xt.reshape(shape[0], -1), wt, bt)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(layer, x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+    assert_close(layer.grads["W"], wt.grad.T, "dW")
+    assert_close(layer.grads["b"], bt.grad, "db")
+
+
+# ----------------------------------------------------------------------------------------- elementwise
+
+ACTIVATIONS = [
+    (L.ReLU(), F.relu),
+    (L.LeakyReLU(), lambda t: F.leaky_relu(t, 0.01)),
+    (L.LeakyReLU(0.2), lambda t: F.leaky_relu(t, 0.2)),
+    (L.Sigmoid(), torch.sigmoid),
+    (L.Tanh(), torch.tanh),
+    (L.Flatten(), lambda t: t.reshape(t.shape[0], -1)),
+    (L.Dropout(0.5), lambda t: t),  # train=False below: identity
+]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("pair", ACTIVATIONS, ids=lambda p: repr(p[0]))
+def test_elementwise_matches_torch(pair, seed):
+    layer, fn = pair
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(2, 5))))
+    x = randn(rng, *shape) * 4
+    if seed == 0:
+        x.flat[::3] = 0.0  # the kink: PyTorch's gradient convention at exactly 0
+    if seed == 1:
+        x.flat[::2] *= 30  # saturation / overflow region
+    xt = leaf(x)
+    yt = fn(xt)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y = layer.forward(x, train=False)
+    dx = layer.backward(dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
+# ----------------------------------------------------------------------------------------- batch norm
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("dim", [1, 2])
+def test_batchnorm_train_eval_and_running_stats_match_torch(dim, seed):
+    rng = np.random.default_rng(seed)
+    c = int(rng.integers(1, 6))
+    shape = (int(rng.integers(2, 6)), c) + (tuple(int(v) for v in rng.integers(1, 6, size=2)) if dim == 2 else ())
+    momentum = float(rng.choice([0.1, 0.3, 1.0]))
+    eps = float(rng.choice([1e-5, 1e-3]))
+    layer = (L.BatchNorm1D if dim == 1 else L.BatchNorm2D)(c, eps=eps, momentum=momentum)
+    layer.params["gamma"][...] = randn(rng, c)
+    layer.params["beta"][...] = randn(rng, c)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    gt, bt = leaf(layer.params["gamma"].copy()), leaf(layer.params["beta"].copy())
+    for step in range(3):
+        x = randn(rng, *shape) * 3 + 1
+        xt = leaf(x)
+        yt = F.batch_norm(xt, rm, rv, gt, bt, training=True, momentum=momentum, eps=eps)
+        dout = randn(rng, *shape)
+        gt.grad = bt.grad = None
+        yt.backward(torch.tensor(dout))
+        y, dx = run_ours(layer, x, dout)
+        assert_close(y, yt, f"train y step {step}")
+        assert_close(dx, xt.grad, f"train dx step {step}")
+        assert_close(layer.grads["gamma"], gt.grad, "dgamma")
+        assert_close(layer.grads["beta"], bt.grad, "dbeta")
+        assert_close(layer.buffers["running_mean"], rm, "running_mean")
+        assert_close(layer.buffers["running_var"], rv, "running_var")
+    x = randn(rng, *shape)
+    xt = leaf(x)
+    gt.grad = bt.grad = None
+    yt = F.batch_norm(xt, rm, rv, gt, bt, training=False, eps=eps)
+    dout = randn(rng, *shape)
+    yt.backward(torch.tensor(dout))
+    y = layer.forward(x, train=False)
+    dx = layer.backward(dout)
+    assert_close(y, yt, "eval y")
+    assert_close(dx, xt.grad, "eval dx")
+    assert_close(layer.grads["gamma"], gt.grad, "eval dgamma")
+    assert_close(layer.grads["beta"], bt.grad, "eval dbeta")
+    assert_close(layer.buffers["running_var"], rv, "running_var unchanged by eval")
+
+
+# ----------------------------------------------------------------------------------------- LRN
+
+def lrn_cases():
+    cases = [(5, 7), (4, 7), (1, 3), (2, 1), (6, 3), (7, 2)]  # (size, channels): odd, even, size > channels
+    rng = np.random.default_rng(7)
+    for _ in range(N_RANDOM // 2):
+        cases.append((int(rng.integers(1, 9)), int(rng.integers(1, 10))))
+    return cases
+
+
+@pytest.mark.parametrize("case", lrn_cases(), ids=str)
+def test_lrn_matches_torch(case):
+    size, c = case
+    rng = case_rng(case)
+    # alpha large enough that the normaliser matters (with 1e-4 a wrong window would go unnoticed)
+    alpha, beta, k = float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.5, 2.0))
+    layer = L.LRN(size, alpha=alpha, beta=beta, k=k)
+    x = randn(rng, int(rng.integers(1, 4)), c, int(rng.integers(1, 5)), int(rng.integers(1, 5))) * 2
+    xt = leaf(x)
+    yt = F.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(layer, x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
+def test_lrn_defaults_match_torch_alexnet_settings():
+    rng = np.random.default_rng(0)
+    x = randn(rng, 2, 8, 3, 3) * 20
+    xt = leaf(x)
+    yt = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(xt)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y, dx = run_ours(L.LRN(), x, dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
+# ----------------------------------------------------------------------------------------- dropout
+
+def test_dropout_statistics_scaling_and_mask_reuse():
+    gpucnn.seed(3)
+    p = 0.3
+    layer = L.Dropout(p)
+    x = np.ones((400, 250), np.float32)
+    y = layer.forward(x)
+    kept = y != 0
+    frac = 1 - kept.mean()
+    sigma = np.sqrt(p * (1 - p) / x.size)
+    assert abs(frac - p) < 5 * sigma
+    np.testing.assert_array_equal(y[kept], np.float32(1 / (1 - p)))
+    assert y.dtype == np.float32
+    dout = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    dx = layer.backward(dout)
+    np.testing.assert_array_equal(dx[~kept], 0)
+    np.testing.assert_allclose(dx[kept], dout[kept] / (1 - p), rtol=1e-6)
+    y2 = layer.forward(x)
+    assert not np.array_equal(y2 != 0, kept), "a new mask per forward"
+
+
+def test_dropout_identity_in_eval_and_p0_and_seeded():
+    x = np.random.default_rng(1).standard_normal((30, 40)).astype(np.float32)
+    layer = L.Dropout(0.5)
+    np.testing.assert_array_equal(layer.forward(x, train=False), x)
+    np.testing.assert_array_equal(layer.backward(x), x)
+    np.testing.assert_array_equal(L.Dropout(0.0).forward(x, train=True), x)
+    gpucnn.seed(11)
+    a = L.Dropout(0.5).forward(x)
+    gpucnn.seed(11)
+    b = L.Dropout(0.5).forward(x)
+    np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------- loss
+
+@pytest.mark.parametrize("seed", range(12))
+def test_softmax_cross_entropy_matches_torch(seed):
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+    logits = randn(rng, n, k) * float(rng.choice([1, 10, 200]))  # 200: exp would overflow unshifted
+    labels = rng.integers(0, k, size=n).astype(rng.choice([np.int64, np.int32, np.uint8]))
+    lt = leaf(logits)
+    loss_t = F.cross_entropy(lt, torch.tensor(labels.astype(np.int64)))
+    dout = float(rng.choice([1.0, 2.5]))
+    loss_t.backward(torch.tensor(dout))
+    ce = L.SoftmaxCrossEntropy()
+    loss = ce.forward(logits, labels)
+    assert isinstance(loss, np.ndarray) and loss.shape == () and loss.dtype == np.float32
+    assert np.isfinite(loss)
+    assert_close(loss, loss_t, "loss")
+    assert_close(ce.backward(dout), lt.grad, "dlogits")
+
+
+# ----------------------------------------------------------------------------------------- networks
+
+def lenet5():
+    return Sequential(L.Conv2D(1, 6, 5, padding=2), L.ReLU(), L.MaxPool2D(2), L.Conv2D(6, 16, 5), L.ReLU(),
+                      L.MaxPool2D(2), L.Flatten(), L.Affine(400, 120), L.ReLU(), L.Affine(120, 84), L.ReLU(),
+                      L.Affine(84, 10))
+
+
+def torch_twin(model):
+    """An equivalent torch.nn.Sequential with our weights copied in."""
+    mods = []
+    for layer in model:
+        if isinstance(layer, L.Conv2D):
+            m = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
+                                layer.padding, bias="b" in layer.params)
+            m.weight.data = torch.tensor(layer.params["W"])
+            if "b" in layer.params:
+                m.bias.data = torch.tensor(layer.params["b"])
+        elif isinstance(layer, L.Affine):
+            m = torch.nn.Linear(layer.in_features, layer.out_features)
+            m.weight.data = torch.tensor(layer.params["W"].T.copy())
+            m.bias.data = torch.tensor(layer.params["b"])
+        elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
+            cls = torch.nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else torch.nn.AvgPool2d
+            m = cls(layer.kernel_size, layer.stride, layer.padding)
+        elif isinstance(layer, L.BatchNorm2D):
+            m = torch.nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
+            m.weight.data = torch.tensor(layer.params["gamma"])
+            m.bias.data = torch.tensor(layer.params["beta"])
+        elif isinstance(layer, L.LRN):
+            m = torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
+        else:
+            m = {L.ReLU: torch.nn.ReLU, L.Flatten: torch.nn.Flatten, L.Tanh: torch.nn.Tanh,
+                 L.Sigmoid: torch.nn.Sigmoid}[type(layer)]()
+        mods.append(m)
+    return torch.nn.Sequential(*mods)
+
+
+def torch_grad(tmodel, i, key):
+    m = tmodel[i]
+    if key == "W":
+        g = m.weight.grad
+        return g.T if isinstance(m, torch.nn.Linear) else g
+    return {"b": m.bias, "gamma": m.weight, "beta": m.bias}[key].grad
+
+
+NETS = {
+    "lenet5": (lenet5, (8, 1, 28, 28)),
+    "mixed": (lambda: Sequential(
+        L.Conv2D(3, 8, (3, 5), stride=(2, 1), padding=(1, 2)), L.BatchNorm2D(8), L.Tanh(), L.LRN(4, alpha=0.5),
+        L.AvgPool2D(3, stride=2, padding=1), L.Conv2D(8, 4, 3, bias=False), L.Sigmoid(), L.Flatten(),
+        L.Affine(4 * 2 * 6, 10)), (5, 3, 13, 15)),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_sequential_network_matches_torch(name):
+    gpucnn.seed(0)
+    build, shape = NETS[name]
+    model = build()
+    for k, v in model.params.items():  # non-trivial biases and BN affine params
+        if not k.endswith(".W"):
+            v[...] = np.random.default_rng(len(k)).standard_normal(v.shape).astype(np.float32) * 0.5
+    tmodel = torch_twin(model)
+    rng = np.random.default_rng(5)
+    x = randn(rng, *shape)
+    labels = rng.integers(0, 10, size=shape[0])
+    logits_t = tmodel(torch.tensor(x))
+    loss_t = F.cross_entropy(logits_t, torch.tensor(labels))
+    loss_t.backward()
+    ce = L.SoftmaxCrossEntropy()
+    logits = model.forward(x)
+    loss = ce.forward(logits, labels)
+    assert model.backward(ce.backward()) is None
+    assert_close(logits, logits_t, "logits")
+    assert_close(loss, loss_t, "loss")
+    for key, g in model.grads.items():
+        i, k = key.split(".")
+        assert_close(g, torch_grad(tmodel, int(i), k), f"grad {key}")
