@@ -1,0 +1,294 @@
+"""The one module that loads and launches the custom CUDA kernels (``kernels/*.cu``).
+
+Each source is compiled once per device and cached for the process (cupy.RawModule on a GPU, the g++
+emulator on the ``emulated`` device, both via :func:`gpucnn.backend.compile_module`). The launchers below
+mirror the numpy twins in :mod:`gpucnn.ops`: same arguments, same results. They allocate with ``xp.empty``
+(every kernel writes each output element exactly once), pass scalars with the exact C types of the kernel
+signatures (``long long`` totals as np.int64, shapes as np.int32), and launch grid-stride kernels with
+256-thread blocks.
+
+Compile options: ours are ``--std=c++17``; cupy.RawModule itself adds ``-ftz=true`` (denormals flush to
+zero in float32), ``--device-as-default-execution-space``, ``-arch=sm_XX`` of the device (cubin; or
+``-arch=compute_XX`` with CUPY_COMPILE_WITH_PTX=1) and include paths for CCCL and its own headers
+(cupy/_core/core.pyx ``assemble_cupy_compiler_options``, cupy/cuda/compiler.py). tests/test_nvrtc.py
+compiles every source with the same options for compute 7.5, 8.0 and 9.0.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .ops import out_size
+
+OPTIONS = ("--std=c++17",)
+BLOCK = 256
+MAX_BLOCKS = 65535          # grid-stride loops cover whatever a capped grid does not
+_INT32_MAX = 2**31 - 1
+
+# Public launcher -> (source file, kernel base name); the kernel is <base>_f32 or <base>_f64.
+KERNELS = {
+    "im2col": ("im2col.cu", "im2col"),
+    "col2im": ("im2col.cu", "col2im"),
+    "maxpool_forward": ("pooling.cu", "maxpool_forward"),
+    "maxpool_backward": ("pooling.cu", "maxpool_backward"),
+    "avgpool_forward": ("pooling.cu", "avgpool_forward"),
+    "avgpool_backward": ("pooling.cu", "avgpool_backward"),
+}
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel source did not compile; the message carries the compiler's log."""
+
+
+# ------------------------------------------------------------------------------------------- sources
+
+def _locate() -> tuple[dict[str, Path], str]:
+    """(kernel sources by file name, 'package' or 'checkout').
+
+    An installed wheel ships them as the package gpucnn._cu (pyproject maps kernels/ there); a source
+    checkout has them in <repo>/kernels next to the gpucnn package.
+    """
+    try:
+        found = {p.name: Path(str(p)) for p in importlib.resources.files("gpucnn._cu").iterdir()
+                 if p.name.endswith(".cu")}
+        if found:
+            return dict(sorted(found.items())), "package"
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    checkout = Path(__file__).resolve().parent.parent / "kernels"
+    found = {p.name: p for p in sorted(checkout.glob("*.cu"))}
+    if not found:
+        raise FileNotFoundError(
+            f"gpucnn's CUDA kernel sources were not found: neither the package gpucnn._cu nor {checkout} "
+            f"holds any .cu file. Reinstall gpucnn (pip install --force-reinstall gpucnn)")
+    return found, "checkout"
+
+
+def sources() -> dict[str, Path]:
+    """Kernel source files by name, e.g. {'im2col.cu': Path(...), 'pooling.cu': Path(...)}."""
+    return _locate()[0]
+
+
+def _read_source(name: str) -> str:
+    found = sources()
+    if name not in found:
+        raise FileNotFoundError(f"kernel source {name} not found (have {', '.join(found)})")
+    return found[name].read_text()
+
+
+# ------------------------------------------------------------------------------------------- modules
+
+class _Cache:
+    def __init__(self):
+        self.modules = {}      # (source, device) -> compiled module
+        self.functions = {}    # (source, kernel, device) -> launchable function
+        self.counts = Counter()  # (source, str(device)) -> compilations started
+        self.lock = threading.Lock()
+
+
+_cache = _Cache()
+
+
+def _module(source: str, device: backend.Device):
+    key = (source, device)
+    mod = _cache.modules.get(key)
+    if mod is not None:
+        return mod
+    with _cache.lock:
+        mod = _cache.modules.get(key)
+        if mod is None:
+            code = _read_source(source)
+            _cache.counts[(source, str(device))] += 1
+            try:
+                mod = backend.compile_module(code, OPTIONS, device)
+                compile_now = getattr(mod, "compile", None)   # cupy compiles lazily: surface errors here
+                if compile_now is not None:
+                    compile_now()
+            except Exception as e:
+                raise KernelCompileError(
+                    f"kernels/{source} did not compile for device {device} with options {OPTIONS}: "
+                    f"{type(e).__name__}: {e}") from e
+            _cache.modules[key] = mod
+    return mod
+
+
+def get_function(source: str, kernel: str, device: backend.Device):
+    """The compiled kernel `kernel` from `source` on `device` (compiling the source on first use)."""
+    key = (source, kernel, device)
+    fn = _cache.functions.get(key)
+    if fn is None:
+        fn = _module(source, device).get_function(kernel)
+        _cache.functions[key] = fn
+    return fn
+
+
+def compile_counts() -> dict[tuple[str, str], int]:
+    """How many times each (source, device) was compiled in this process; 1 each once warm."""
+    return dict(_cache.counts)
+
+
+def info() -> dict:
+    """Where the sources were found and what was compiled on which device (for `gpucnn info`)."""
+    try:
+        found, origin = _locate()
+    except FileNotFoundError as e:
+        found, origin = {}, f"missing ({e})"
+    return {
+        "source_origin": origin,
+        "sources": {name: str(path) for name, path in found.items()},
+        "options": list(OPTIONS),
+        "kernels": {name: f"{src}:{base}_f32/_f64" for name, (src, base) in KERNELS.items()},
+        "compiled": [{"source": s, "device": d, "times": n} for (s, d), n in sorted(_cache.counts.items())],
+    }
+
+
+# ------------------------------------------------------------------------------------------- launching
+
+def _device_scope(array):
+    """Launch on the array's own GPU (cupy arrays carry a Device usable as a context manager)."""
+    return array.device if backend.device_of(array).kind == "cuda" else contextlib.nullcontext()
+
+
+def _launch_config(total: int, launch):
+    if launch is not None:
+        return launch
+    return (min((total + BLOCK - 1) // BLOCK, MAX_BLOCKS),), (BLOCK,)
+
+
+def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
+    """Launch the `op` kernel for `array`'s dtype and device: (total, *inputs, *geometry, *outputs)."""
+    if total == 0:
+        return
+    source, base = KERNELS[op]
+    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(array.dtype)]}", backend.device_of(array))
+    grid, block = _launch_config(total, launch)
+    fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
+
+
+def _image_shape(shape, what: str) -> tuple[int, int, int, int]:
+    if len(shape) != 4:
+        raise ValueError(f"{what}: expected an (N, C, H, W) shape, got {tuple(shape)}")
+    return tuple(int(s) for s in shape)
+
+
+def _geometry(what, h, w, kh, kw, sh, sw, ph, pw):
+    """(oh, ow) after checking the window parameters; raises ValueError naming the operation."""
+    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
+        raise ValueError(f"{what}: kernel {kh}x{kw} and stride {sh}x{sw} must be >= 1 and padding "
+                         f"{ph}x{pw} >= 0")
+    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{what}: a {kh}x{kw} window with padding {ph}x{pw} does not fit a {h}x{w} input")
+    if max(h * w, oh * ow, h + 2 * ph, w + 2 * pw, kh * kw) > _INT32_MAX:
+        raise ValueError(f"{what}: a {h}x{w} image plane is too large for the kernels (int32 per-plane indices)")
+    return oh, ow
+
+
+def _check_float(what, *arrays):
+    for a in arrays:
+        if np.dtype(a.dtype) not in _SUFFIX:
+            raise TypeError(f"{what}: kernels take float32 or float64 arrays, got {a.dtype}")
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
+    """(N, C, H, W) -> contiguous columns (N, C, kh, kw, out_h, out_w); see ops.im2col."""
+    _check_float("im2col", x)
+    n, c, h, w = _image_shape(x.shape, "im2col")
+    oh, ow = _geometry("im2col", h, w, kh, kw, sh, sw, ph, pw)
+    xp = backend.get_array_module(x)
+    with _device_scope(x):
+        x = xp.ascontiguousarray(x)
+        col = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
+        _run("im2col", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (col,), launch)
+    return col
+
+
+def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
+    """Adjoint of im2col: (N, C, kh, kw, out_h, out_w) -> (N, C, H, W); see ops.col2im."""
+    _check_float("col2im", col)
+    n, c, h, w = _image_shape(x_shape, "col2im")
+    if col.ndim != 6:
+        raise ValueError(f"col2im: expected columns (N, C, kh, kw, out_h, out_w), got shape {col.shape}")
+    kh, kw = int(col.shape[2]), int(col.shape[3])
+    oh, ow = _geometry("col2im", h, w, kh, kw, sh, sw, ph, pw)
+    if tuple(col.shape) != (n, c, kh, kw, oh, ow):
+        raise ValueError(f"col2im: columns of shape {col.shape} do not match image {tuple(x_shape)} with "
+                         f"stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, c, kh, kw, oh, ow)})")
+    xp = backend.get_array_module(col)
+    with _device_scope(col):
+        col = xp.ascontiguousarray(col)
+        x = xp.empty((n, c, h, w), dtype=col.dtype)
+        _run("col2im", col, n * c * h * w, (col,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (x,), launch)
+    return x
+
+
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
+    """Max over each window -> (y, argmax int32 offset i*kw+j); see ops.maxpool_forward."""
+    _check_float("maxpool_forward", x)
+    n, c, h, w = _image_shape(x.shape, "maxpool_forward")
+    oh, ow = _geometry("maxpool_forward", h, w, kh, kw, sh, sw, ph, pw)
+    xp = backend.get_array_module(x)
+    with _device_scope(x):
+        x = xp.ascontiguousarray(x)
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
+        _run("maxpool_forward", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow),
+             (y, argmax), launch)
+    return y, argmax
+
+
+def _check_pooled(what, dy, x_shape, kh, kw, sh, sw, ph, pw):
+    n, c, h, w = _image_shape(x_shape, what)
+    oh, ow = _geometry(what, h, w, kh, kw, sh, sw, ph, pw)
+    if tuple(dy.shape) != (n, c, oh, ow):
+        raise ValueError(f"{what}: gradient of shape {dy.shape} does not match input {tuple(x_shape)} pooled "
+                         f"{kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, c, oh, ow)})")
+    return n, c, h, w, oh, ow
+
+
+def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
+    """Gradient of maxpool_forward, gathered per input pixel; see ops.maxpool_backward."""
+    _check_float("maxpool_backward", dy)
+    n, c, h, w, oh, ow = _check_pooled("maxpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
+    if tuple(argmax.shape) != tuple(dy.shape) or np.dtype(argmax.dtype) != np.int32:
+        raise TypeError(f"maxpool_backward: argmax must be int32 of shape {dy.shape} (from maxpool_forward), "
+                        f"got {argmax.dtype} of shape {argmax.shape}")
+    xp = backend.get_array_module(dy, argmax)
+    with _device_scope(dy):
+        dy, argmax = xp.ascontiguousarray(dy), xp.ascontiguousarray(argmax)
+        dx = xp.empty((n, c, h, w), dtype=dy.dtype)
+        _run("maxpool_backward", dy, n * c * h * w, (dy, argmax), (h, w, kh, kw, sh, sw, ph, pw, oh, ow),
+             (dx,), launch)
+    return dx
+
+
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
+    """Mean over each window, padding counted as zeros; see ops.avgpool_forward."""
+    _check_float("avgpool_forward", x)
+    n, c, h, w = _image_shape(x.shape, "avgpool_forward")
+    oh, ow = _geometry("avgpool_forward", h, w, kh, kw, sh, sw, ph, pw)
+    xp = backend.get_array_module(x)
+    with _device_scope(x):
+        x = xp.ascontiguousarray(x)
+        y = xp.empty((n, c, oh, ow), dtype=x.dtype)
+        _run("avgpool_forward", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (y,), launch)
+    return y
+
+
+def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
+    """Gradient of avgpool_forward, gathered per input pixel; see ops.avgpool_backward."""
+    _check_float("avgpool_backward", dy)
+    n, c, h, w, oh, ow = _check_pooled("avgpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
+    xp = backend.get_array_module(dy)
+    with _device_scope(dy):
+        dy = xp.ascontiguousarray(dy)
+        dx = xp.empty((n, c, h, w), dtype=dy.dtype)
+        _run("avgpool_backward", dy, n * c * h * w, (dy,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (dx,), launch)
+    return dx
