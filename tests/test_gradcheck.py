@@ -1,0 +1,150 @@
+"""Central finite differences (float64) against every analytic backward: dx and every parameter gradient.
+
+For a layer f and a fixed random dout, the scalar L = sum(f(x) * dout) has dL/dx = backward(dout); each
+entry is compared with (L(x + eps) - L(x - eps)) / (2 eps). Inputs keep away from kinks (ReLU at 0, max
+ties) so the finite difference is the derivative.
+"""
+import numpy as np
+import pytest
+
+from gpucnn import layers as L
+from gpucnn.sequential import Sequential
+
+EPS = 1e-6
+TOL = 1e-6
+
+
+def numeric_grad(loss, a):
+    """d loss() / d a by central differences, perturbing `a` in place."""
+    g = np.zeros_like(a)
+    for i in range(a.size):
+        old = a.flat[i]
+        a.flat[i] = old + EPS
+        hi = loss()
+        a.flat[i] = old - EPS
+        lo = loss()
+        a.flat[i] = old
+        g.flat[i] = (hi - lo) / (2 * EPS)
+    return g
+
+
+def assert_grad(analytic, numeric, what):
+    assert analytic.shape == numeric.shape, what
+    err = np.max(np.abs(analytic - numeric))
+    assert err <= TOL * max(1.0, np.max(np.abs(numeric))), f"{what}: max error {err:.3g}"
+
+
+def away_from_zero(rng, shape):
+    """Random values with |v| >= 0.1: no ReLU kink within reach of EPS."""
+    v = rng.standard_normal(shape)
+    return np.sign(v) * (0.1 + np.abs(v))
+
+
+def distinct(rng, shape):
+    """Values at least 0.01 apart: no max-pool ties within reach of EPS."""
+    return rng.permutation(np.arange(int(np.prod(shape)))).reshape(shape) * 0.01 - 0.3
+
+
+def check_layer(layer, x, train=True):
+    rng = np.random.default_rng(1)
+    x = x.astype(np.float64)
+    y = layer.forward(x, train)
+    dout = rng.standard_normal(y.shape)
+    dx = layer.backward(dout)
+    analytic = {k: g.copy() for k, g in layer.grads.items()}
+    loss = lambda: float(np.sum(layer.forward(x, train) * dout))
+    assert_grad(dx, numeric_grad(loss, x), f"{layer!r} dx")
+    for k, p in layer.params.items():
+        assert p.dtype == np.float64 and analytic[k].dtype == np.float64
+        assert_grad(analytic[k], numeric_grad(loss, p), f"{layer!r} d{k}")
+
+
+def randomise_params(layer, rng):
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    return layer
+
+
+F64 = np.float64
+
+CONV_CASES = [  # (cin, cout, kernel, stride, padding, input (n, h, w), bias)
+    (2, 3, 3, 1, 0, (2, 5, 5), True),
+    (2, 2, 3, 2, 1, (2, 6, 7), True),
+    (1, 2, (2, 3), (2, 1), (1, 2), (1, 5, 4), False),
+    (3, 1, 1, 1, 0, (2, 3, 3), True),
+    (1, 2, 4, 3, 2, (2, 4, 4), True),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+def test_conv2d(case):
+    cin, cout, k, s, p, (n, h, w), bias = case
+    rng = np.random.default_rng(0)
+    layer = randomise_params(L.Conv2D(cin, cout, k, stride=s, padding=p, bias=bias, dtype=F64), rng)
+    check_layer(layer, rng.standard_normal((n, cin, h, w)))
+
+
+@pytest.mark.parametrize("args", [(2,), (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (3, 1, 1)], ids=str)
+@pytest.mark.parametrize("cls", [L.MaxPool2D, L.AvgPool2D])
+def test_pools(cls, args):
+    rng = np.random.default_rng(0)
+    check_layer(cls(*args), distinct(rng, (2, 2, 5, 6)))
+
+
+def test_affine():
+    rng = np.random.default_rng(0)
+    layer = randomise_params(L.Affine(12, 5, dtype=F64), rng)
+    check_layer(layer, rng.standard_normal((3, 3, 4)))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dim", [1, 2])
+def test_batchnorm(dim, train):
+    rng = np.random.default_rng(0)
+    cls, shape = (L.BatchNorm1D, (5, 4)) if dim == 1 else (L.BatchNorm2D, (3, 3, 2, 3))
+    layer = randomise_params(cls(shape[1], dtype=F64), rng)
+    layer.buffers["running_mean"][...] = rng.standard_normal(shape[1])
+    layer.buffers["running_var"][...] = rng.uniform(0.5, 2, shape[1])
+    check_layer(layer, rng.standard_normal(shape) * 2 + 1, train=train)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 8])
+def test_lrn(size):
+    rng = np.random.default_rng(size)
+    check_layer(L.LRN(size, alpha=0.7, beta=0.8, k=1.5), rng.standard_normal((2, 6, 2, 3)))
+
+
+@pytest.mark.parametrize("layer", [L.ReLU(), L.LeakyReLU(0.1), L.Sigmoid(), L.Tanh(), L.Flatten(),
+                                   L.Dropout(0.4)], ids=repr)
+def test_elementwise(layer):
+    rng = np.random.default_rng(0)
+    check_layer(layer, away_from_zero(rng, (2, 3, 4)), train=False)
+
+
+def test_softmax_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 5)) * 3
+    labels = rng.integers(0, 5, size=6)
+    ce = L.SoftmaxCrossEntropy()
+    ce.forward(logits, labels)
+    dlogits = ce.backward(2.0)
+    numeric = numeric_grad(lambda: 2.0 * float(ce.forward(logits, labels)), logits)
+    assert_grad(dlogits, numeric, "SoftmaxCrossEntropy dlogits")
+
+
+def test_sequential_small_net():
+    rng = np.random.default_rng(0)
+    model = Sequential(L.Conv2D(2, 3, 3, padding=1, dtype=F64), L.BatchNorm2D(3, dtype=F64), L.ReLU(),
+                       L.MaxPool2D(2), L.LRN(3, alpha=0.5), L.Flatten(), L.Affine(12, 8, dtype=F64), L.Tanh(),
+                       L.Affine(8, 4, dtype=F64))
+    for p in model.params.values():
+        p[...] = rng.standard_normal(p.shape) * 0.5
+    x = rng.standard_normal((3, 2, 4, 4))
+    labels = rng.integers(0, 4, size=3)
+    ce = L.SoftmaxCrossEntropy()
+    ce.forward(model.forward(x), labels)
+    assert model.backward(ce.backward()) is None
+    analytic = {k: g.copy() for k, g in model.grads.items()}
+    loss = lambda: float(ce.forward(model.forward(x), labels))
+    for k, p in model.params.items():
+        assert_grad(analytic[k], numeric_grad(loss, p), f"Sequential d{k}")
