@@ -146,7 +146,8 @@ class Layer:
                             f"(convert with x.astype('float32'))")
         for p in self.params.values():
             if p.dtype != x.dtype:
-                raise TypeError(f"{self!r}: expected {p.dtype} input (the layer's dtype), got {x.dtype}")
+                raise TypeError(f"{self!r}: expected {p.dtype} input (the layer's dtype), got {x.dtype} "
+                                f"(convert with x.astype('{p.dtype}'))")
             break
 
     def _begin(self, x):
