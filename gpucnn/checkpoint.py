@@ -47,7 +47,7 @@ class Checkpoint:
 
     def check_model(self, model):
         """Raise CheckpointError unless the model's state_dict has exactly this checkpoint's keys and shapes."""
-        check_state(self.path, self.model_state, model.state_dict(), f"model {self.model_name}")
+        check_state(f"{self.path} ({self.model_name} {self.model_kwargs})", self.model_state, model.state_dict())
 
     def load_into(self, model):
         """Check the state fits the model, then load it."""
@@ -187,11 +187,11 @@ def load(path, model=None) -> Checkpoint:
     return ckpt
 
 
-def check_state(path, saved: dict, expected: dict, what: str):
-    """CheckpointError naming the file unless `saved` has the keys and shapes of `expected`."""
+def check_state(where: str, saved: dict, expected: dict):
+    """CheckpointError naming the file (`where`) unless `saved` has the keys and shapes of `expected`."""
     missing = [k for k in expected if k not in saved]
     extra = [k for k in saved if k not in expected]
-    wrong = [f"{k}: checkpoint {tuple(saved[k].shape)}, {what} {tuple(expected[k].shape)}"
+    wrong = [f"{k}: checkpoint {tuple(saved[k].shape)}, model {tuple(expected[k].shape)}"
              for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
     if not (missing or extra or wrong):
         return
@@ -202,7 +202,7 @@ def check_state(path, saved: dict, expected: dict, what: str):
         parts.append(f"unexpected {_short(extra)}")
     if wrong:
         parts.append(f"shape mismatch {_short(wrong)}")
-    raise CheckpointError(f"checkpoint {path} does not fit {what}: {'; '.join(parts)}")
+    raise CheckpointError(f"checkpoint {where} does not fit the model: {'; '.join(parts)}")
 
 
 def _short(items, n=4):
