@@ -349,24 +349,22 @@ class Function:
         if isinstance(a, np.ndarray):
             self._refuse(p, f"got an array of shape {a.shape}; a scalar parameter needs a numpy scalar "
                             f"(pass np.{p.dtype.name}(...))")
-        if isinstance(a, bool):
+        if isinstance(a, np.generic):    # first: np.float64 is also a Python float
+            if a.dtype != p.dtype:
+                self._refuse(p, f"got np.{a.dtype.name} {a!r}, but the kernel reads {p.ctype} "
+                                f"({p.dtype.itemsize} bytes); pass np.{p.dtype.name}(...)")
+        elif isinstance(a, bool):
             self._refuse(p, f"got Python bool {a!r}; pass np.{p.dtype.name}(...)")
-        if isinstance(a, int):
+        elif isinstance(a, int):
             if p.dtype != np.dtype(np.int64):
                 self._refuse(p, f"got Python int {a!r}, which CuPy passes as a 64-bit integer (long long); "
                                 f"pass np.{p.dtype.name}(...)")
             if not -2**63 <= a < 2**63:
                 self._refuse(p, f"Python int {a} does not fit in 64 bits")
-            a = np.int64(a)
         elif isinstance(a, float):
             if p.dtype != np.dtype(np.float64):
                 self._refuse(p, f"got Python float {a!r}, which CuPy passes as a double; "
                                 f"pass np.{p.dtype.name}(...)")
-            a = np.float64(a)
-        elif isinstance(a, np.generic):
-            if a.dtype != p.dtype:
-                self._refuse(p, f"got np.{a.dtype.name} {a!r}, but the kernel reads {p.ctype} "
-                                f"({p.dtype.itemsize} bytes); pass np.{p.dtype.name}(...)")
         else:
             self._refuse(p, f"got {type(a).__name__}; pass np.{p.dtype.name}(...)")
         value = np.array(a, dtype=p.dtype)
@@ -381,7 +379,7 @@ class Function:
         if p.dtype is not None and a.dtype != p.dtype:
             want = _NP_TO_C.get(a.dtype, a.dtype.name)
             self._refuse(p, f"got a {a.dtype.name} array ({want}*), but the kernel reads {p.ctype}*; "
-                            f"pass a {p.dtype.name} array (or launch the {want} variant)")
+                            f"pass a {p.dtype.name} array")
         if not a.flags.c_contiguous:
             self._refuse(p, f"got a non-contiguous array (shape {a.shape}, strides {a.strides}); kernels "
                             f"ignore strides. Pass xp.ascontiguousarray(x)")
