@@ -1,0 +1,229 @@
+"""Sequential's bookkeeping (names, identity, checkpoints, devices), the initialisers, the emulated GPU
+path of the layers and Conv2D's workspace-limited chunking."""
+import numpy as np
+import pytest
+import torch
+
+import gpucnn
+from gpucnn import backend, ops
+from gpucnn import init as I
+from gpucnn import layers as L
+from gpucnn.sequential import Sequential
+
+
+def small_net():
+    return Sequential(L.Conv2D(2, 4, 3, padding=1), L.BatchNorm2D(4), L.ReLU(), L.MaxPool2D(2), L.Flatten(),
+                      L.Affine(16, 3))
+
+
+def lenet5():
+    return Sequential([L.Conv2D(1, 6, 5, padding=2), L.ReLU(), L.MaxPool2D(2), L.Conv2D(6, 16, 5), L.ReLU(),
+                       L.MaxPool2D(2), L.Flatten(), L.Affine(400, 120), L.ReLU(), L.Affine(120, 84), L.ReLU(),
+                       L.Affine(84, 10)])
+
+
+def step(model, x, labels):
+    """One forward/backward; returns (logits, loss, model's dx)."""
+    ce = L.SoftmaxCrossEntropy()
+    logits = model.forward(x)
+    loss = ce.forward(logits, labels)
+    return logits, loss, model.backward(ce.backward())
+
+
+@pytest.fixture
+def restore_workspace():
+    old = L.get_workspace_limit()
+    yield
+    L.set_workspace_limit(old)
+
+
+# ----------------------------------------------------------------------------------------- bookkeeping
+
+def test_names_order_and_identity():
+    model = small_net()
+    assert list(model.params) == ["0.W", "0.b", "1.gamma", "1.beta", "5.W", "5.b"]
+    assert list(model.grads) == list(model.params)
+    assert list(model.buffers) == ["1.running_mean", "1.running_var"]
+    assert model.params["0.W"] is model[0].params["W"]
+    assert model.buffers["1.running_var"] is model[1].buffers["running_var"]
+    grads_before = model.grads
+    for k, p in model.params.items():
+        assert grads_before[k].shape == p.shape and grads_before[k].dtype == p.dtype == np.float32
+        assert not grads_before[k].any()
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4)).astype(np.float32)
+    step(model, x, np.array([0, 1, 2]))
+    for k, g in model.grads.items():
+        assert g is grads_before[k], f"{k}: backward must fill the existing gradient array"
+        assert g.any(), f"{k}: gradient still zero after backward"
+    assert model.num_params() == sum(p.size for p in model.params.values()) == 2 * 4 * 9 + 4 + 8 + 16 * 3 + 3
+
+
+def test_first_layer_skips_input_gradient(monkeypatch):
+    model = Sequential(L.Conv2D(1, 2, 3), L.ReLU(), L.Conv2D(2, 2, 3))
+    assert model[0].need_input_grad is False
+    assert all(layer.need_input_grad for layer in model[1:])
+    calls = []
+    real = ops.col2im
+    monkeypatch.setattr(ops, "col2im", lambda *a: calls.append(a[1]) or real(*a))
+    y = model.forward(np.ones((2, 1, 6, 6), np.float32))
+    assert model.backward(np.ones_like(y)) is None
+    assert calls == [(2, 2, 4, 4)], "only the second conv computes an input gradient"
+    assert model[0].grads["W"].any()
+
+
+def test_containers_repr_and_summary():
+    model = lenet5()
+    assert len(model) == 12 and model[3].in_channels == 6 and list(model) == model.layers
+    assert model.to("cpu") is model and str(model.device) == "cpu"
+    text = repr(model)
+    assert text.startswith("Sequential(") and "(3): Conv2D(6, 16, kernel_size=(5, 5)" in text
+    tmodel = torch.nn.Sequential(torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.Conv2d(6, 16, 5),
+                                 torch.nn.Linear(400, 120), torch.nn.Linear(120, 84), torch.nn.Linear(84, 10))
+    assert model.num_params() == sum(p.numel() for p in tmodel.parameters())
+    table = model.summary((7, 1, 28, 28))
+    for line, expected in zip(table.splitlines()[3:], ["(7, 6, 28, 28)", "(7, 6, 28, 28)", "(7, 6, 14, 14)",
+                                                       "(7, 16, 10, 10)", "(7, 16, 10, 10)", "(7, 16, 5, 5)",
+                                                       "(7, 400)", "(7, 120)", "(7, 120)", "(7, 84)", "(7, 84)",
+                                                       "(7, 10)"]):
+        assert expected in line, (expected, line)
+    assert "48,120" in table and f"total params: {model.num_params():,}" in table
+    out = model.forward(np.zeros((7, 1, 28, 28), np.float32), train=False)
+    assert f"{out.shape}" in table.splitlines()[-3]
+
+
+def test_state_dict_round_trip():
+    gpucnn.seed(0)
+    a = small_net()
+    x = np.random.default_rng(1).standard_normal((4, 2, 4, 4)).astype(np.float32)
+    step(a, x, np.array([0, 1, 2, 0]))  # moves the BN running statistics off their initial values
+    state = a.state_dict()
+    assert set(state) == set(a.params) | set(a.buffers)
+    assert all(type(v) is np.ndarray for v in state.values())
+    state["0.W"][...] = 0  # a copy, not a view of the live parameter
+    assert a.params["0.W"].any()
+    state = a.state_dict()
+    gpucnn.seed(1)
+    b = small_net()
+    arrays = dict(b.params)
+    assert not np.array_equal(b.forward(x, train=False), a.forward(x, train=False))
+    b.load_state_dict(state)
+    np.testing.assert_array_equal(b.forward(x, train=False), a.forward(x, train=False))
+    assert all(b.params[k] is v for k, v in arrays.items()), "loading writes into the existing arrays"
+    for k, v in b.buffers.items():
+        np.testing.assert_array_equal(v, a.buffers[k])
+
+
+def test_initialisers_seeded_scaled_and_zero_bias():
+    gpucnn.seed(5)
+    w1 = L.Conv2D(8, 64, 3).params["W"]
+    gpucnn.seed(5)
+    conv = L.Conv2D(8, 64, 3)
+    np.testing.assert_array_equal(conv.params["W"], w1)
+    assert not conv.params["b"].any()
+    assert abs(conv.params["W"].std() / np.sqrt(2 / (8 * 9)) - 1) < 0.05  # He: fan_in = in * kh * kw
+    aff = L.Affine(300, 200, init="xavier")
+    limit = np.sqrt(6 / 500)
+    assert np.abs(aff.params["W"]).max() <= limit and np.abs(aff.params["W"]).max() > 0.95 * limit
+    assert abs(aff.params["W"].std() / (limit / np.sqrt(3)) - 1) < 0.05
+    assert I.he_normal((3, 4), fan_in=4, dtype=np.float64).dtype == np.float64
+    assert I.fans((16, 6, 5, 3)) == (90, 240)
+    assert L.Affine(3, 4, dtype=np.float64).params["W"].dtype == np.float64
+
+
+# ----------------------------------------------------------------------------------------- devices
+
+def xp_only_nets():
+    return [
+        lambda: Sequential(L.Affine(12, 16), L.BatchNorm1D(16), L.ReLU(), L.Dropout(0.3), L.Affine(16, 8),
+                           L.LeakyReLU(0.1), L.Sigmoid(), L.Affine(8, 5)),
+        lambda: Sequential(L.BatchNorm2D(3), L.LRN(4, alpha=0.5), L.Tanh(), L.Flatten(), L.Affine(12, 5)),
+    ]
+
+
+def compare_on_devices(build, x, labels, device="emulated"):
+    """The same model, seed and data on the CPU and on `device`: outputs, loss and gradients agree, the
+    device arrays stay device arrays, and the step never syncs to the host."""
+    results = {}
+    for dev in ("cpu", device):
+        gpucnn.seed(0)
+        model = build().to(dev)
+        assert str(model.device) == dev
+        xd, ld = backend.to_device(x, dev), backend.to_device(labels, dev)
+        backend.transfer_stats.reset()
+        gpucnn.seed(1)  # same dropout masks
+        logits, loss, dx = step(model, xd, ld)
+        model.forward(xd, train=False)
+        assert backend.transfer_stats.device_to_host == 0, f"{dev}: host syncs inside a training step"
+        assert dx is None
+        arrays = [logits, loss, *model.grads.values(), *model.buffers.values()]
+        assert all(backend.device_of(a).kind == dev for a in arrays)
+        results[dev] = {"logits": logits, "loss": loss, **model.grads, **model.buffers}
+    for k, v in results["cpu"].items():
+        np.testing.assert_allclose(backend.to_cpu(results[device][k]), v, rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+@pytest.mark.parametrize("i", range(2))
+def test_xp_layers_on_emulated_device_match_cpu(i):
+    rng = np.random.default_rng(i)
+    shape = (6, 12) if i == 0 else (6, 3, 2, 2)
+    compare_on_devices(xp_only_nets()[i], rng.standard_normal(shape).astype(np.float32),
+                       rng.integers(0, 5, size=6))
+
+
+def test_conv_and_pool_on_emulated_device_match_cpu():
+    pytest.importorskip("gpucnn.kernels")
+    rng = np.random.default_rng(0)
+    compare_on_devices(lenet5, rng.standard_normal((3, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=3))
+    build = lambda: Sequential(L.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 0)), L.AvgPool2D(3, 1, 1),
+                               L.Conv2D(4, 2, 3, bias=False), L.Flatten(), L.Affine(2 * 2 * 3, 5))
+    compare_on_devices(build, rng.standard_normal((4, 3, 8, 6)).astype(np.float32), rng.integers(0, 5, size=4))
+
+
+def test_layer_to_moves_params_grads_buffers():
+    layer = L.BatchNorm2D(3)
+    assert layer.to("emulated") is layer
+    for d in (layer.params, layer.grads, layer.buffers):
+        assert all(isinstance(v, backend.EmulatedArray) for v in d.values())
+    layer.to("cpu")
+    assert all(type(v) is np.ndarray for d in (layer.params, layer.grads, layer.buffers) for v in d.values())
+
+
+# ----------------------------------------------------------------------------------------- workspace
+
+def run_conv(layer, x, dout):
+    y = layer.forward(x)
+    cached = layer._cache[1] is not None
+    dx = layer.backward(dout)
+    return y, dx, layer.grads["W"].copy(), layer.grads["b"].copy(), cached
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 6])
+def test_workspace_limit_chunking_gives_the_same_results(restore_workspace, monkeypatch, chunk):
+    rng = np.random.default_rng(chunk)
+    layer = L.Conv2D(3, 5, (3, 2), stride=(1, 2), padding=1)
+    layer.params["b"][...] = rng.standard_normal(5)
+    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
+    dout = rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32)
+    calls = []
+    real = ops.im2col
+    monkeypatch.setattr(ops, "im2col", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
+    y0, dx0, dw0, db0, cached = run_conv(layer, x, dout)
+    assert cached and calls == [7], "the whole batch fits: one im2col, columns kept for backward"
+    per_sample = 3 * 3 * 2 * 9 * 5 * 4
+    calls.clear()
+    L.set_workspace_limit(per_sample * chunk + per_sample // 2)
+    y1, dx1, dw1, db1, cached = run_conv(layer, x, dout)
+    sizes = [min(chunk, 7 - s) for s in range(0, 7, chunk)]
+    assert not cached and calls == sizes + sizes, "chunked: columns recomputed per chunk in backward"
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(dx1, dx0)
+    np.testing.assert_allclose(dw1, dw0, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(db1, db0)
+
+
+def test_columns_not_kept_in_eval(monkeypatch):
+    layer = L.Conv2D(1, 2, 3)
+    layer.forward(np.ones((2, 1, 5, 5), np.float32), train=False)
+    assert layer._cache[1] is None
+    dx = layer.backward(np.ones((2, 2, 3, 3), np.float32))  # still possible: recomputed from x
+    assert dx is not None and layer.grads["W"].any()
