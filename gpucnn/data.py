@@ -8,6 +8,7 @@ each batch to the device.
 """
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import http.client
@@ -284,11 +285,12 @@ _PICKLE_ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT
                    ("numpy._core.multiarray", "_reconstruct"): _NUMPY_RECONSTRUCT,
                    ("numpy.core.multiarray", "scalar"): _NUMPY_SCALAR,
                    ("numpy._core.multiarray", "scalar"): _NUMPY_SCALAR,
-                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+                   ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                   ("_codecs", "encode"): codecs.encode}  # bytes in Python 3 protocol-2 pickles
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles plain containers and numpy arrays only: a CIFAR batch needs nothing else."""
+    """Unpickles plain containers, bytes and numpy arrays only: a CIFAR batch needs nothing else."""
 
     def find_class(self, module, name):
         try:
