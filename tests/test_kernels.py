@@ -1,0 +1,252 @@
+"""The CUDA kernels, run by the CPU emulator, against their numpy twins in gpucnn.ops.
+
+Odd shapes (strides, padding, non-square everything, batch 1, channel 1, window == input) and launches
+with fewer threads than elements (the grid-stride loop must cover the rest) and far more (idle threads
+must not write). Tolerances follow llm.c's dev/cuda checks: |got - ref| <= tol * (1 + |ref|).
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gpucnn import backend, kernels, ops
+
+EMU = backend.EMULATED
+
+#            n  c  h   w  kh kw sh sw ph pw
+CASES = [
+    (2, 3, 7, 5, 3, 2, 2, 1, 1, 0),     # non-square kernel, input and stride; padding on one axis
+    (1, 1, 4, 4, 4, 4, 1, 1, 0, 0),     # batch 1, channel 1, window == input
+    (2, 2, 6, 5, 6, 5, 3, 2, 1, 2),     # window == input plus padding: several windows
+    (3, 2, 9, 11, 3, 3, 3, 2, 1, 1),    # stride == kernel on one axis
+    (1, 4, 10, 7, 2, 2, 3, 3, 0, 0),    # stride > kernel: pixels no window covers
+    (2, 1, 5, 8, 1, 3, 1, 2, 0, 1),     # 1-row kernel
+    (1, 2, 13, 6, 5, 3, 2, 1, 2, 1),    # large kernel, padding on both axes
+    (2, 3, 3, 3, 2, 2, 1, 1, 1, 1),     # tiny input, every window padded
+    (1, 2, 3, 4, 2, 2, 1, 2, 2, 1),     # padding wider than the kernel: windows entirely in padding
+]
+IDS = ["x".join(map(str, c)) for c in CASES]
+LAUNCHES = {"default": None, "one-block-of-32": ((1,), (32,)), "oversized": ((997,), (64,)),
+            "odd": ((3,), (7,))}
+TOL = {np.float32: 2e-6, np.float64: 1e-14}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_empty(monkeypatch):
+    """Fresh device buffers hold NaN / a sentinel, not the last launch's results: unwritten outputs show."""
+    def empty(shape, dtype=float, order="C"):
+        dtype = np.dtype(dtype)
+        fill = np.nan if dtype.kind == "f" else -123456
+        return backend.to_device(np.full(shape, fill, dtype=dtype, order=order), EMU)
+    monkeypatch.setattr(backend.emulated_xp, "empty", empty)
+
+
+def emu(a):
+    return backend.to_device(a, EMU)
+
+
+def host(a):
+    assert isinstance(a, backend.EmulatedArray), f"expected a device (emulated) array, got {type(a).__name__}"
+    return backend.to_cpu(a)
+
+
+def assert_close(got, ref, dtype, what):
+    got = host(got)
+    assert got.shape == ref.shape and got.dtype == ref.dtype, what
+    with np.errstate(invalid="ignore"):
+        bad = ~((np.abs(got - ref) <= TOL[dtype] * (1 + np.abs(ref))) | (np.isnan(ref) & np.isnan(got))
+                | (got == ref))
+    assert not bad.any(), f"{what}: {bad.sum()} of {bad.size} differ, e.g. got {got[bad][:5]} want {ref[bad][:5]}"
+
+
+def data(case, dtype, seed=0):
+    n, c, h, w, kh, kw, sh, sw, ph, pw = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    oh, ow = ops.out_size(h, kh, sh, ph), ops.out_size(w, kw, sw, pw)
+    return x, (kh, kw, sh, sw, ph, pw), rng.standard_normal((n, c, oh, ow)).astype(dtype), \
+        rng.standard_normal((n, c, kh, kw, oh, ow)).astype(dtype)
+
+
+# Each entry: (kernel launcher call on device arrays, twin call on host arrays); both get (x, win, dy, col).
+OPS = {
+    "im2col": (lambda x, win, dy, col, **k: kernels.im2col(emu(x), *win, **k),
+               lambda x, win, dy, col: ops.im2col(x, *win)),
+    "col2im": (lambda x, win, dy, col, **k: kernels.col2im(emu(col), x.shape, *win[2:], **k),
+               lambda x, win, dy, col: ops.col2im(col, x.shape, *win[2:])),
+    "maxpool_forward": (lambda x, win, dy, col, **k: kernels.maxpool_forward(emu(x), *win, **k),
+                        lambda x, win, dy, col: ops.maxpool_forward(x, *win)),
+    "maxpool_backward": (
+        lambda x, win, dy, col, **k: kernels.maxpool_backward(
+            emu(dy), emu(ops.maxpool_forward(x, *win)[1]), x.shape, *win, **k),
+        lambda x, win, dy, col: ops.maxpool_backward(dy, ops.maxpool_forward(x, *win)[1], x.shape, *win)),
+    "avgpool_forward": (lambda x, win, dy, col, **k: kernels.avgpool_forward(emu(x), *win, **k),
+                        lambda x, win, dy, col: ops.avgpool_forward(x, *win)),
+    "avgpool_backward": (lambda x, win, dy, col, **k: kernels.avgpool_backward(emu(dy), x.shape, *win, **k),
+                         lambda x, win, dy, col: ops.avgpool_backward(dy, x.shape, *win)),
+}
+
+
+def compare(op, got, ref, dtype, what):
+    if op == "maxpool_forward":
+        assert_close(got[0], ref[0], dtype, what + " y")
+        np.testing.assert_array_equal(host(got[1]), ref[1], err_msg=what + " argmax")
+        assert got[1].dtype == np.int32
+    else:
+        assert_close(got, np.ascontiguousarray(ref), dtype, what)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+@pytest.mark.parametrize("op", list(OPS))
+def test_kernel_matches_numpy_twin_for_any_launch(op, case, dtype):
+    x, win, dy, col = data(case, dtype)
+    run, twin = OPS[op]
+    ref = twin(x, win, dy, col)
+    for name, launch in LAUNCHES.items():
+        compare(op, run(x, win, dy, col, launch=launch), ref, dtype, f"{op} {case} launch={name}")
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_ops_dispatch_device_arrays_to_the_kernels(op):
+    """ops.<op> on an EmulatedArray takes the kernel path and returns device arrays equal to the twin's."""
+    case = CASES[0]
+    x, win, dy, col = data(case, np.float32, seed=1)
+    argmax = ops.maxpool_forward(x, *win)[1]
+    calls = {
+        "im2col": lambda d: ops.im2col(d(x), *win),
+        "col2im": lambda d: ops.col2im(d(col), x.shape, *win[2:]),
+        "maxpool_forward": lambda d: ops.maxpool_forward(d(x), *win),
+        "maxpool_backward": lambda d: ops.maxpool_backward(d(dy), d(argmax), x.shape, *win),
+        "avgpool_forward": lambda d: ops.avgpool_forward(d(x), *win),
+        "avgpool_backward": lambda d: ops.avgpool_backward(d(dy), x.shape, *win),
+    }
+    backend.transfer_stats.reset()
+    got = calls[op](emu)
+    assert backend.transfer_stats.device_to_host == 0, "a kernel launch must not read device memory"
+    compare(op, got, calls[op](lambda a: a), np.float32, op)
+
+
+def test_col2im_is_deterministic():
+    case = (4, 8, 17, 19, 5, 4, 1, 2, 2, 1)        # heavy overlap: up to 5x2 taps summed per pixel
+    x, win, dy, col = data(case, np.float32)
+    col = emu(col * np.float32(1e3))
+    first = host(kernels.col2im(col, x.shape, *win[2:]))
+    for launch in LAUNCHES.values():
+        again = host(kernels.col2im(col, x.shape, *win[2:], launch=launch))
+        assert first.tobytes() == again.tobytes()
+
+
+def tie_and_nan_input(dtype):
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(2, 3, 9, 8)).astype(dtype)   # many ties
+    x[0, 0, 1, 1] = x[1, 2, 4, 4] = x[1, 2, 4, 6] = np.nan      # NaN wins; two NaNs in one window
+    x[0, 1] = -np.inf                                           # all -inf channel: first position wins
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("win", [(3, 3, 2, 2, 1, 1), (2, 3, 2, 1, 0, 1), (3, 2, 1, 1, 1, 0)])
+def test_maxpool_ties_and_nans_like_the_twin(win, dtype):
+    x = tie_and_nan_input(dtype)
+    y, arg = kernels.maxpool_forward(emu(x), *win)
+    y_ref, arg_ref = ops.maxpool_forward(x, *win)
+    np.testing.assert_array_equal(host(y), y_ref)
+    np.testing.assert_array_equal(host(arg), arg_ref)
+    dy = np.random.default_rng(4).standard_normal(y_ref.shape).astype(dtype)
+    dx = kernels.maxpool_backward(emu(dy), arg, x.shape, *win)
+    np.testing.assert_array_equal(host(dx), ops.maxpool_backward(dy, arg_ref, x.shape, *win))
+
+
+def test_maxpool_argmax_agrees_with_pytorch_on_ties_and_nans():
+    x = tie_and_nan_input(np.float32)
+    x[0, 1] = 0.0                       # PyTorch's index for an all -inf window is not comparable
+    kh, kw, sh, sw, ph, pw = 3, 3, 2, 2, 1, 1
+    y, arg = kernels.maxpool_forward(emu(x), kh, kw, sh, sw, ph, pw)
+    y, arg = host(y), host(arg)
+    ty, tidx = torch.nn.functional.max_pool2d(torch.from_numpy(x), (kh, kw), (sh, sw), (ph, pw),
+                                              return_indices=True)
+    oh, ow = y.shape[2:]
+    oy, ox = np.meshgrid(np.arange(oh), np.arange(ow), indexing="ij")
+    flat = (oy * sh - ph + arg // kw) * x.shape[3] + (ox * sw - pw + arg % kw)
+    np.testing.assert_array_equal(y, ty.numpy())
+    np.testing.assert_array_equal(flat, tidx.numpy())
+
+
+def test_every_source_compiles_once_per_process():
+    x = emu(np.ones((1, 1, 4, 4), np.float32))
+    for _ in range(3):
+        y, arg = ops.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
+        ops.col2im(ops.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 1, 1, 1, 1)
+        ops.avgpool_backward(ops.avgpool_forward(x.astype(np.float64), 2, 2, 1, 1, 0, 0), x.shape, 2, 2, 1, 1, 0, 0)
+    counts = kernels.compile_counts()
+    for source in kernels.sources():
+        assert counts[(source, "emulated")] == 1
+
+
+def test_info_names_sources_and_compiled_modules():
+    kernels.im2col(emu(np.ones((1, 1, 3, 3), np.float32)), 2, 2, 1, 1, 0, 0)
+    info = kernels.info()
+    assert info["source_origin"] in ("checkout", "package")
+    assert set(info["sources"]) == {"im2col.cu", "pooling.cu"}
+    assert {"source": "im2col.cu", "device": "emulated", "times": 1} in info["compiled"]
+
+
+def test_non_contiguous_input_is_made_contiguous_first():
+    x = np.random.default_rng(5).standard_normal((2, 3, 12, 9)).astype(np.float32)
+    view = emu(x)[:, ::2, ::2, 1:]
+    assert not view.flags.c_contiguous
+    assert_close(kernels.im2col(view, 3, 2, 1, 2, 1, 0), ops.im2col(x[:, ::2, ::2, 1:], 3, 2, 1, 2, 1, 0),
+                 np.float32, "im2col of a strided view")
+
+
+def test_empty_batch_launches_nothing():
+    x = emu(np.zeros((0, 3, 5, 5), np.float32))
+    assert kernels.im2col(x, 3, 3, 1, 1, 1, 1).shape == (0, 3, 3, 3, 5, 5)
+    y, arg = kernels.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
+    assert y.shape == arg.shape == (0, 3, 2, 2)
+
+
+def test_default_launch_caps_the_grid(monkeypatch):
+    seen = []
+    real = kernels.get_function
+
+    def spy(source, kernel, device):
+        fn = real(source, kernel, device)
+        return lambda grid, block, args: (seen.append((grid, block)), fn(grid, block, args))
+
+    monkeypatch.setattr(kernels, "get_function", spy)
+    monkeypatch.setattr(kernels, "MAX_BLOCKS", 3)
+    x = np.random.default_rng(6).standard_normal((2, 3, 20, 20)).astype(np.float32)
+    assert_close(kernels.avgpool_forward(emu(x), 1, 1, 1, 1, 0, 0), x, np.float32, "1x1 avgpool is identity")
+    kernels.avgpool_forward(emu(x[:1, :1, :4, :4]), 1, 1, 1, 1, 0, 0)
+    assert seen == [((3,), (kernels.BLOCK,)), ((math.ceil(16 / kernels.BLOCK),), (kernels.BLOCK,))]
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: kernels.im2col(emu(np.ones((1, 1, 4, 4), np.float16)), 2, 2, 1, 1, 0, 0), TypeError, "float16"),
+    (lambda: kernels.im2col(emu(np.ones((1, 4, 4), np.float32)), 2, 2, 1, 1, 0, 0), ValueError, "(N, C, H, W)"),
+    (lambda: kernels.im2col(emu(np.ones((1, 1, 4, 4), np.float32)), 5, 2, 1, 1, 0, 0), ValueError, "does not fit"),
+    (lambda: kernels.im2col(emu(np.ones((1, 1, 4, 4), np.float32)), 2, 2, 0, 1, 0, 0), ValueError, "stride"),
+    (lambda: kernels.col2im(emu(np.ones((1, 1, 2, 2, 3, 3), np.float32)), (1, 1, 5, 5), 1, 1, 0, 0),
+     ValueError, "expected (1, 1, 2, 2, 4, 4)"),
+    (lambda: kernels.maxpool_backward(emu(np.ones((1, 1, 2, 2), np.float32)), emu(np.zeros((1, 1, 2, 2), np.int64)),
+                                      (1, 1, 4, 4), 2, 2, 2, 2, 0, 0), TypeError, "int32"),
+    (lambda: kernels.avgpool_backward(emu(np.ones((1, 1, 3, 2), np.float32)), (1, 1, 4, 4), 2, 2, 2, 2, 0, 0),
+     ValueError, "expected (1, 1, 2, 2)"),
+    (lambda: kernels.maxpool_backward(emu(np.ones((1, 1, 2, 2), np.float32)), np.zeros((1, 1, 2, 2), np.int32),
+                                      (1, 1, 4, 4), 2, 2, 2, 2, 0, 0), backend.DeviceMismatchError, "different devices"),
+])
+def test_bad_calls_are_clear_errors(call, error, fragment):
+    with pytest.raises(error) as e:
+        call()
+    assert fragment in str(e.value)
+
+
+def test_compile_error_on_the_emulator_carries_the_log(monkeypatch):
+    monkeypatch.setattr(kernels, "_cache", kernels._Cache())
+    monkeypatch.setattr(kernels, "_read_source", lambda name: 'extern "C" __global__ void k() { nope(); }\n')
+    with pytest.raises(kernels.KernelCompileError) as e:
+        kernels.get_function("broken.cu", "k", EMU)
+    assert "kernels/broken.cu" in str(e.value) and "nope" in str(e.value) and "error" in str(e.value)
