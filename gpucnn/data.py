@@ -446,8 +446,8 @@ def _dataset(spec, split, found):
 
 def _not_found_message(spec, split, places, download, failures, mirror):
     names = _download_names(spec, split)
-    wanted = " and ".join(spec.files[split]) + (" (.gz or not)" if spec.kind == "idx" else
-                                                f" (in {CIFAR_FOLDER}/ or as {CIFAR_ARCHIVE})")
+    wanted = (" and ".join(spec.files[split]) + " (.gz or not)" if spec.kind == "idx" else
+              f"{', '.join(spec.files[split])} (in {CIFAR_FOLDER}/ or in {CIFAR_ARCHIVE})")
     msg = [f"{spec.name} ({split} split) not found. Looked for {wanted} in:"]
     seen = set()
     for folder, why in places:
@@ -461,8 +461,8 @@ def _not_found_message(spec, split, places, download, failures, mirror):
     if spec.hint:
         msg.append(f"  - {spec.hint}")
     base = _base_urls(spec, mirror)[0]
-    msg.append(f"  - or download {', '.join(base + n for n in names)} by hand into one of the folders above "
-               f"(or into a folder you pass as data_dir / --data-dir)")
+    msg.append(f"  - {'or ' if spec.hint else ''}download {', '.join(base + n for n in names)} by hand into "
+               f"one of the folders above (or into a folder you pass as data_dir / --data-dir)")
     return "\n".join(msg)
 
 

@@ -214,6 +214,34 @@ def test_cifar_load_dataset_finds_folder_then_archive(tmp_path):
     assert ds.source.endswith("cifar-10-python.tar.gz") and len(ds) == 3 + 4 + 5 + 6 + 7
 
 
+def py2_cifar_pickle(x, labels):
+    """A batch pickled the way the published files were (Python 2 cPickle, protocol 2): byte strings, and
+    numpy arrays by numpy.core.multiarray._reconstruct. Written opcode by opcode, since Python 3 cannot."""
+    def s(b):
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+    def i(v):
+        return b"K" + bytes([v]) if 0 <= v < 256 else b"M" + struct.pack("<H", v) if 0 <= v < 65536 \
+            else b"J" + struct.pack("<i", v)
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + i(0) + b"\x85" + s(b"b") + b"\x87R"
+             + b"(" + i(1) + i(x.shape[0]) + i(x.shape[1]) + b"\x86"
+             + b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R"
+             + b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb"
+             + b"\x89" + s(x.tobytes()) + b"tb")
+    items = s(b"batch_label") + s(b"testing batch 1 of 1") + s(b"data") + array \
+        + s(b"labels") + b"](" + b"".join(i(int(v)) for v in labels) + b"e"
+    return b"\x80\x02}(" + items + b"u."
+
+
+def test_cifar_python2_pickle_as_published():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    blob = py2_cifar_pickle(x, [7, 0, 9])
+    assert b"numpy.core.multiarray" in blob and b"_codecs" not in blob
+    images, labels = data.read_cifar_batch(blob, "data_batch_1")
+    np.testing.assert_array_equal(images.reshape(3, 3072), x)
+    assert labels.tolist() == [7, 0, 9]
+
+
 def test_cifar_truncated_pickle(tmp_path):
     blob = pickle.dumps(cifar_batch(4, 0), protocol=2)
     with pytest.raises(DatasetError, match="test_batch: not a readable CIFAR-10 batch pickle"):
