@@ -517,8 +517,11 @@ def download_file(url: str, target, sha256: str, progress=True, timeout: float =
     On any failure nothing is left at target nor beside it, and DownloadError("<url>: <problem>") is raised.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot write into {target.parent} ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as out:
             digest, got = _transfer(url, out, progress, timeout)
