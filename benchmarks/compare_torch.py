@@ -60,7 +60,7 @@ def make_gpucnn_step(name):
     from gpucnn.optim import SGD
     net = gpucnn_nets()[name]()
     loss_layer = L.SoftmaxCrossEntropy()
-    opt = SGD(lr=0.01, momentum=0.9)
+    opt = SGD(lr=0.001, momentum=0.9)
     batch, shape = CASES[name]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, *shape), dtype=np.float32)
@@ -79,7 +79,7 @@ def make_gpucnn_step(name):
 def make_torch_step(name):
     import torch
     net = torch_nets()[name]()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
     batch, shape = CASES[name]
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.standard_normal((batch, *shape), dtype=np.float32))
