@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import types
 from dataclasses import dataclass
 
@@ -222,6 +223,36 @@ def synchronize(device=None):
     dev = get_device(device) if device is not None else None
     if dev is not None and dev.kind == "cuda":
         cupy_module().cuda.Device(dev.index).synchronize()
+
+
+class DeviceTimer:
+    """Times a block honestly: wall clock on the CPU; CUDA events and a final sync on a GPU, so that work
+    still queued on the device when the block ends is counted. `seconds` holds the result."""
+
+    def __init__(self, device=None):
+        self.device = get_device(device)
+        self.seconds = None
+
+    def __enter__(self):
+        if self.device.kind == "cuda":
+            cp = cupy_module()
+            with cp.cuda.Device(self.device.index):
+                self._start, self._end = cp.cuda.Event(), cp.cuda.Event()
+                self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.kind == "cuda":
+            cp = cupy_module()
+            with cp.cuda.Device(self.device.index):
+                self._end.record()
+                self._end.synchronize()
+                self.seconds = cp.cuda.get_elapsed_time(self._start, self._end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        return False
 
 
 # ------------------------------------------------------------------------------------ emulated cupy
