@@ -2,6 +2,10 @@
 
 A step never waits for the device: the loss sum, the correct count and the first non-finite step are
 kept as 0-d device arrays and read back only where something is shown (progress refresh, epoch end).
+Numerical faults: with ``on_nonfinite="stop"`` the first step with a NaN/inf loss or gradient is noted on
+the device and the run stops at the next read-back with NumericalFaultError, before that epoch's checkpoint
+is written; with ``"skip"`` such steps are skipped (no update, batch-norm statistics restored) and counted,
+which reads one flag back per step (a host sync per step, on a GPU only in this mode).
 Outputs in ``out``: ``metrics.jsonl`` (a row per epoch), ``checkpoint.npz`` (written atomically at each
 epoch end, see :mod:`gpucnn.checkpoint`), ``curves.png`` and ``filters.png``.
 
@@ -262,163 +266,186 @@ def train(config: TrainConfig, log=print) -> dict:
     """Train per `config` (resuming from its out dir if config.resume); `log` receives one line per event.
 
     Returns {"config", "history" (metrics rows), "out", "checkpoint", "model", "device", "seconds",
-    "test_acc", "test_loss", "confusion"} (test_* and confusion from the last epoch run).
+    "test_acc", "test_loss", "confusion"} (test_* and confusion of the last epoch run in this call).
     Raises NumericalFaultError (on_nonfinite='stop'), DatasetError, CheckpointError, ValueError.
     """
-    _validate(config)
-    out = config.out_dir()
-    config = dataclasses.replace(config, out=out)
-    ckpt_path = os.path.join(out, CHECKPOINT)
-    saved = None
-    if config.resume:
-        saved = checkpoint.load(ckpt_path)
-        _check_resumable(config, saved.config, ckpt_path)
-    device = backend.get_device(config.device)
-    os.makedirs(out, exist_ok=True)
-    checkpoint.remove_stale_temps(out)
+    run = _Run(config, log)
+    start = time.perf_counter()
+    last_plot = start
+    result = (None, None, None)
+    for epoch in range(run.start_epoch, run.config.epochs + 1):
+        train_stats = run.train_epoch(epoch)
+        result = evaluate(run.model, run.test_loader, run.loss_layer)
+        run.end_epoch(epoch, train_stats, result)
+        if time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < run.config.epochs:
+            _pictures(run, log)
+            last_plot = time.perf_counter()
+    if run.history:
+        _pictures(run, log)
+    test_loss, test_acc, confusion = result
+    return {"config": dataclasses.asdict(run.config), "history": run.history, "out": run.out,
+            "checkpoint": run.ckpt_path, "model": run.model, "device": str(run.device),
+            "seconds": time.perf_counter() - start, "test_loss": test_loss, "test_acc": test_acc,
+            "confusion": confusion}
 
-    backend.seed(config.seed)
-    train_set, train_loader, test_loader = _loaders(config, device)
-    model_name = models.canonical_name(config.model)
-    kwargs = model_kwargs_for(train_set)
-    model = models.get(model_name, **kwargs)
-    opt = optim.get(config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = len(train_loader)
-    schedule = optim.make_schedule(config.schedule, config.lr, config.epochs * steps_per_epoch, config.warmup)
-    from .layers import SoftmaxCrossEntropy
-    loss_layer = SoftmaxCrossEntropy()
 
-    history: list[dict] = []
-    start_epoch, global_step = 1, 0
-    if saved is not None:
-        if saved.model_name != model_name or saved.model_kwargs != kwargs:
+class _Run:
+    """One training run's state: data, model, optimizer, schedule, step counters and history."""
+
+    def __init__(self, config: TrainConfig, log):
+        _validate(config)
+        self.log = log
+        self.out = config.out_dir()
+        self.config = config = dataclasses.replace(config, out=self.out)
+        self.ckpt_path = os.path.join(self.out, CHECKPOINT)
+        saved = None
+        if config.resume:
+            saved = checkpoint.load(self.ckpt_path)
+            _check_resumable(config, saved.config, self.ckpt_path)
+        self.device = backend.get_device(config.device)
+        os.makedirs(self.out, exist_ok=True)
+        checkpoint.remove_stale_temps(self.out)
+
+        backend.seed(config.seed)
+        self.train_set, self.train_loader, self.test_loader = _loaders(config, self.device)
+        self.model_name = models.canonical_name(config.model)
+        self.model_kwargs = model_kwargs_for(self.train_set)
+        self.model = models.get(self.model_name, **self.model_kwargs)
+        self.opt = optim.get(config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = len(self.train_loader)
+        self.schedule = optim.make_schedule(config.schedule, config.lr, config.epochs * self.steps_per_epoch,
+                                            config.warmup)
+        from .layers import SoftmaxCrossEntropy
+        self.loss_layer = SoftmaxCrossEntropy()
+        self.history: list[dict] = []
+        self.start_epoch, self.global_step = 1, 0
+        if saved is not None:
+            self._restore(saved)
+        self.model.to(self.device)
+        self.metrics_path = os.path.join(self.out, METRICS)
+        _write_metrics(self.metrics_path, self.history)
+
+        self.xp = self.device.xp
+        self.progress = Progress(interval=config.log_every)
+        self.skip_mode = config.on_nonfinite == "skip"
+        self.first_bad = self.xp.full((), -1, dtype=self.xp.int64)  # first global step with a NaN/inf
+        self._announce(saved)
+
+    def _restore(self, saved):
+        if saved.model_name != self.model_name or saved.model_kwargs != self.model_kwargs:
             raise checkpoint.CheckpointError(
-                f"checkpoint {ckpt_path}: holds {saved.model_name}({saved.model_kwargs}), but the run builds "
-                f"{model_name}({kwargs})")
-        saved.load_into(model)
+                f"checkpoint {self.ckpt_path}: holds {saved.model_name}({saved.model_kwargs}), but the run "
+                f"builds {self.model_name}({self.model_kwargs})")
+        saved.load_into(self.model)
         if saved.optim_state is not None:
-            opt.load_state_dict(saved.optim_state)
+            self.opt.load_state_dict(saved.optim_state)
         if saved.rng_state is not None:
             backend.set_rng_state(saved.rng_state)
-        history = [row for row in saved.history if row["epoch"] <= saved.epoch]
-        start_epoch, global_step = saved.epoch + 1, saved.step
-    model.to(device)
-    metrics_path = os.path.join(out, METRICS)
-    _write_metrics(metrics_path, history)
+        self.history = [row for row in saved.history if row["epoch"] <= saved.epoch]
+        self.start_epoch, self.global_step = saved.epoch + 1, saved.step
 
-    xp = device.xp
-    dataset_desc = (f"{train_set.name} ({train_loader.num_examples} train / {test_loader.num_examples} test "
-                    f"images {'x'.join(str(s) for s in train_set.images.shape[1:])})")
-    if start_epoch > config.epochs:
-        log(f"{ckpt_path} already holds epoch {start_epoch - 1} of {config.epochs}: nothing to do")
-    elif saved is not None:
-        log(f"resuming {out} at epoch {start_epoch}/{config.epochs} (global step {global_step}) on {device}")
-    else:
-        log(f"training {model_name} ({model.num_params():,} parameters) on {dataset_desc} on {device}: "
-            f"{config.optimizer} lr {config.lr:g} {config.schedule}, batch {config.batch_size}, "
-            f"{config.epochs} epochs -> {out}")
-
-    progress = Progress(interval=config.log_every)
-    first_bad = xp.full((), -1, dtype=xp.int64)  # the first global step with a non-finite loss or gradient
-    run_start = time.perf_counter()
-    last_plot = time.perf_counter()
-    result_eval = (None, None, None)
-
-    def fault_check(epoch, epoch_first_step, bad):
-        if bad < 0:
-            return
-        bad = int(bad)
-        step_in_epoch = bad - epoch_first_step + 1
-        if history:
-            kept = f"the last good checkpoint (epoch {history[-1]['epoch']}) is {ckpt_path}"
+    def _announce(self, saved):
+        cfg = self.config
+        if self.start_epoch > cfg.epochs:
+            self.log(f"{self.ckpt_path} already holds epoch {self.start_epoch - 1} of {cfg.epochs}: nothing to do")
+        elif saved is not None:
+            self.log(f"resuming {self.out} at epoch {self.start_epoch}/{cfg.epochs} (global step "
+                     f"{self.global_step}) on {self.device}")
         else:
-            kept = "no checkpoint was written"
-        raise NumericalFaultError(
-            f"non-finite loss or gradient (NaN or inf) at epoch {epoch}, step {step_in_epoch} (global step "
-            f"{bad + 1}); stopped without saving epoch {epoch}: {kept}. Try a lower --lr (it was "
-            f"{config.lr:g}), --clip, or --on-nonfinite skip", epoch, step_in_epoch, bad + 1)
+            shape = "x".join(str(s) for s in self.train_set.images.shape[1:])
+            self.log(f"training {self.model_name} ({self.model.num_params():,} parameters) on {self.train_set.name} "
+                     f"({self.train_loader.num_examples} train / {self.test_loader.num_examples} test images "
+                     f"{shape}) on {self.device}: {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, batch "
+                     f"{cfg.batch_size}, {cfg.epochs} epochs -> {self.out}")
 
-    for epoch in range(start_epoch, config.epochs + 1):
-        train_loader.set_epoch(epoch)
+    def train_epoch(self, epoch) -> dict:
+        """One pass over the training data; metrics are read back only at progress updates and at the end."""
+        xp, model, cfg = self.xp, self.model, self.config
+        self.train_loader.set_epoch(epoch)
         loss_sum = xp.zeros((), dtype=xp.float64)
         correct = xp.zeros((), dtype=xp.int64)
         seen = counted = skipped = 0
-        epoch_first_step = global_step
+        first_step = self.global_step
         t0 = time.perf_counter()
-        lr = opt.lr
-        for x, y in train_loader:
-            lr = schedule.apply(opt, global_step)
+        lr = self.opt.lr
+        for x, y in self.train_loader:
+            lr = self.schedule.apply(self.opt, self.global_step)
+            if self.skip_mode:  # a skipped step must not leave its batch statistics behind either
+                kept_buffers = {k: v.copy() for k, v in model.buffers.items()}
             logits = model.forward(x, train=True)
-            loss = loss_layer.forward(logits, y)
-            model.backward(loss_layer.backward())
+            loss = self.loss_layer.forward(logits, y)
+            model.backward(self.loss_layer.backward())
             grads = model.grads
             ok = xp.isfinite(loss) & optim.grads_finite(grads)
             n = int(x.shape[0])
-            if config.on_nonfinite == "skip" and not bool(ok):  # skip mode: one host sync per step
+            if self.skip_mode and not bool(ok):  # skip mode reads `ok` back: one host sync per step
                 skipped += 1
+                for k, v in model.buffers.items():
+                    v[...] = kept_buffers[k]
             else:
-                if config.on_nonfinite == "stop":
-                    first_bad = xp.where(ok | (first_bad >= 0), first_bad, global_step)
-                if config.clip is not None:
-                    optim.clip_grad_norm(grads, config.clip)
-                opt.update(model.params, grads)
+                if not self.skip_mode:
+                    self.first_bad = xp.where(ok | (self.first_bad >= 0), self.first_bad, self.global_step)
+                if cfg.clip is not None:
+                    optim.clip_grad_norm(grads, cfg.clip)
+                self.opt.update(model.params, grads)
                 loss_sum += loss * n
                 correct += (xp.argmax(logits, axis=1) == y).sum()
                 counted += n
             seen += n
-            global_step += 1
-            if progress.due():
-                total_loss, total_correct, bad = _read(loss_sum, correct, first_bad)
-                fault_check(epoch, epoch_first_step, bad)
-                elapsed = time.perf_counter() - t0
-                progress.show(f"epoch {epoch}/{config.epochs}", global_step - epoch_first_step, steps_per_epoch,
-                              f"loss {total_loss / max(counted, 1):.4f} "
-                              f"acc {100 * total_correct / max(counted, 1):.2f}% {seen / max(elapsed, 1e-9):.0f} img/s")
-        total_loss, total_correct, bad = _read(loss_sum, correct, first_bad)
-        train_seconds = time.perf_counter() - t0
-        progress.clear()
-        fault_check(epoch, epoch_first_step, bad)
+            self.global_step += 1
+            if self.progress.due():
+                total_loss, total_correct, bad = _read(loss_sum, correct, self.first_bad)
+                self._fault_check(epoch, first_step, bad)
+                done = self.global_step - first_step
+                self.progress.show(f"epoch {epoch}/{cfg.epochs}", done, self.steps_per_epoch,
+                                   f"loss {total_loss / max(counted, 1):.4f} "
+                                   f"acc {100 * total_correct / max(counted, 1):.2f}% "
+                                   f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
+        total_loss, total_correct, bad = _read(loss_sum, correct, self.first_bad)
+        self.progress.clear()
+        self._fault_check(epoch, first_step, bad)
+        return {"loss": total_loss / counted if counted else None,
+                "acc": total_correct / counted if counted else None,
+                "seen": seen, "skipped": skipped, "lr": lr, "started": t0, "seconds": time.perf_counter() - t0}
 
-        test_loss, test_acc, confusion = evaluate(model, test_loader, loss_layer)
-        result_eval = (test_loss, test_acc, confusion)
-        seconds = time.perf_counter() - t0
-        row = {
-            "epoch": epoch,
-            "train_loss": total_loss / counted if counted else None,
-            "train_acc": total_correct / counted if counted else None,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "seconds": round(seconds, 3),
-            "images_per_second": round(seen / max(train_seconds, 1e-9), 1),
-            "lr": lr,
-            "skipped_steps": skipped,
-        }
-        history.append(row)
-        checkpoint.save(ckpt_path, model_name=model_name, model_kwargs=kwargs, model_state=model.state_dict(),
-                        optim_state=opt.state_dict(), epoch=epoch, step=global_step,
-                        rng_state=backend.get_rng_state(), config=dataclasses.asdict(config), history=history)
-        _append_metrics(metrics_path, row)
-        train_text = ("train loss -      acc -     " if row["train_loss"] is None else
+    def _fault_check(self, epoch, first_step, bad):
+        """NumericalFaultError if a step of this epoch had a NaN/inf (bad = its global step, or -1)."""
+        if bad < 0:
+            return
+        bad = int(bad)
+        step = bad - first_step + 1
+        kept = (f"the last good checkpoint (epoch {self.history[-1]['epoch']}) is {self.ckpt_path}"
+                if self.history else "no checkpoint was written")
+        raise NumericalFaultError(
+            f"non-finite loss or gradient (NaN or inf) at epoch {epoch}, step {step} (global step {bad + 1}); "
+            f"stopped without saving epoch {epoch}: {kept}. Try a lower --lr (it was {self.config.lr:g}), "
+            f"--clip, or --on-nonfinite skip", epoch, step, bad + 1)
+
+    def end_epoch(self, epoch, stats, evaluation):
+        """Record the epoch's metrics, write the checkpoint (atomically) and metrics.jsonl, log a line."""
+        test_loss, test_acc, _ = evaluation
+        seconds = time.perf_counter() - stats["started"]
+        row = {"epoch": epoch, "train_loss": stats["loss"], "train_acc": stats["acc"], "test_loss": test_loss,
+               "test_acc": test_acc, "seconds": round(seconds, 3),
+               "images_per_second": round(stats["seen"] / max(stats["seconds"], 1e-9), 1), "lr": stats["lr"],
+               "skipped_steps": stats["skipped"]}
+        self.history.append(row)
+        checkpoint.save(self.ckpt_path, model_name=self.model_name, model_kwargs=self.model_kwargs,
+                        model_state=self.model.state_dict(), optim_state=self.opt.state_dict(), epoch=epoch,
+                        step=self.global_step, rng_state=backend.get_rng_state(),
+                        config=dataclasses.asdict(self.config), history=self.history)
+        _append_metrics(self.metrics_path, row)
+        train_text = ("train loss - acc -" if row["train_loss"] is None else
                       f"train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%")
-        log(f"epoch {epoch}/{config.epochs}  {train_text}  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
-            f"lr {lr:.2e}  {seconds:.1f} s  {row['images_per_second']:.0f} img/s"
-            + (f"  skipped {skipped} non-finite steps" if skipped else ""))
-        if time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < config.epochs:
-            _pictures(out, model, history, model_name, config, log)
-            last_plot = time.perf_counter()
-
-    if history:
-        _pictures(out, model, history, model_name, config, log)
-    test_loss, test_acc, confusion = result_eval
-    return {"config": dataclasses.asdict(config), "history": history, "out": out, "checkpoint": ckpt_path,
-            "model": model, "device": str(device), "seconds": time.perf_counter() - run_start,
-            "test_loss": test_loss, "test_acc": test_acc, "confusion": confusion}
+        self.log(f"epoch {epoch}/{self.config.epochs}  {train_text}  test loss {test_loss:.4f} acc "
+                 f"{100 * test_acc:.2f}%  lr {row['lr']:.2e}  {seconds:.1f} s  {row['images_per_second']:.0f} img/s"
+                 + (f"  skipped {stats['skipped']} non-finite steps" if stats["skipped"] else ""))
 
 
 _warned_no_matplotlib = False
 
 
-def _pictures(out, model, history, model_name, config, log):
+def _pictures(run: _Run, log):
     """curves.png and filters.png, or one log line if matplotlib is missing."""
     global _warned_no_matplotlib
     if not plots.available():
@@ -426,8 +453,8 @@ def _pictures(out, model, history, model_name, config, log):
             log("matplotlib is not installed: skipping curves.png and filters.png (pip install 'gpucnn[plots]')")
             _warned_no_matplotlib = True
         return
-    title = f"{model_name} on {config.dataset}"
-    plots.plot_curves(history, os.path.join(out, CURVES), title=title)
-    name, w = _first_conv_weight(model)
+    title = f"{run.model_name} on {run.train_set.name}"
+    plots.plot_curves(run.history, os.path.join(run.out, CURVES), title=title)
+    name, w = _first_conv_weight(run.model)
     if w is not None:
-        plots.plot_filters(to_cpu(w), os.path.join(out, FILTERS), title=f"{title}: first conv layer ({name})")
+        plots.plot_filters(to_cpu(w), os.path.join(run.out, FILTERS), title=f"{title}: first conv layer ({name})")

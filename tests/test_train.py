@@ -1,0 +1,246 @@
+"""The trainer: outputs, reproducibility, bit-identical resume, numerical faults, and no host syncs per step."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _synth import write_idx_dataset
+from gpucnn import backend, checkpoint
+from gpucnn import train as T
+from gpucnn.train import NumericalFaultError, TrainConfig, evaluate, train
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+TIMING_KEYS = ("seconds", "images_per_second")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=256, n_test=128, size=16)
+
+
+def config(data_dir, out, **kw):
+    base = dict(model="lenet5", dataset="mnist", data_dir=data_dir, out=str(out), epochs=2, batch_size=32,
+                device="cpu", seed=1, log_every=1e9, download=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(cfg, lines=None):
+    return train(cfg, log=(lines.append if lines is not None else lambda line: None))
+
+
+def without_timing(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def params_of(out):
+    return checkpoint.load(os.path.join(out, "checkpoint.npz")).model_state
+
+
+def assert_same_arrays(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_run_writes_metrics_checkpoint_and_pictures(data_dir, tmp_path):
+    lines = []
+    result = run(config(data_dir, tmp_path / "run", limit_test=100), lines)
+    out = tmp_path / "run"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds",
+                            "images_per_second", "lr", "skipped_steps"}
+    assert rows == result["history"]
+    assert rows[1]["train_loss"] < rows[0]["train_loss"]        # the synthetic task is learnable
+    assert rows[1]["test_acc"] > 0.3                            # chance is 0.1
+    assert all(0 <= r["train_acc"] <= 1 and r["skipped_steps"] == 0 for r in rows)
+    assert int(result["confusion"].sum()) == 100                 # limit_test
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert (ck.epoch, ck.step, ck.model_name) == (2, 2 * 8, "lenet5")   # 256 images / 32 per batch
+    assert ck.model_kwargs == {"in_channels": 1, "input_size": [16, 16], "num_classes": 10}
+    assert ck.config["lr"] == 2e-3 and ck.history == rows
+    for name in ("curves.png", "filters.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(line.startswith("epoch ") for line in lines) == 2
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "filters.png", "metrics.jsonl"]
+
+
+def test_same_seed_gives_bit_identical_metrics_and_params(data_dir, tmp_path):
+    a = run(config(data_dir, tmp_path / "a", model="vgg", augment=True, limit_train=96))
+    b = run(config(data_dir, tmp_path / "b", model="vgg", augment=True, limit_train=96))
+    assert without_timing(a["history"]) == without_timing(b["history"])
+    assert_same_arrays(params_of(tmp_path / "a"), params_of(tmp_path / "b"))
+    c = run(config(data_dir, tmp_path / "c", model="vgg", augment=True, limit_train=96, seed=2))
+    assert without_timing(c["history"]) != without_timing(a["history"])
+
+
+@pytest.mark.parametrize("model,schedule", [("lenet5", "constant"), ("vgg", "cosine")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, model, schedule):
+    """vgg brings dropout (host RNG), batch-norm buffers and augmentation; cosine a step-dependent rate."""
+    kw = dict(model=model, schedule=schedule, epochs=3, augment=True, limit_train=96, optimizer="adam",
+              warmup=2)
+    full = run(config(data_dir, tmp_path / "full", **kw))
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_epoch_2(line):
+        if line.startswith("epoch 2/3"):
+            raise Crash  # as if killed right after the epoch-2 checkpoint was written
+    with pytest.raises(Crash):
+        train(config(data_dir, tmp_path / "resumed", **kw), log=crash_after_epoch_2)
+    assert checkpoint.load(tmp_path / "resumed" / "checkpoint.npz").epoch == 2
+    # what the CLI does: the saved run's settings, continued
+    resumed = run(T.resume_config(str(tmp_path / "resumed"), log_every=1e9))
+
+    assert without_timing(resumed["history"]) == without_timing(full["history"])
+    a = checkpoint.load(tmp_path / "full" / "checkpoint.npz")
+    b = checkpoint.load(tmp_path / "resumed" / "checkpoint.npz")
+    assert_same_arrays(a.model_state, b.model_state)
+    opt_a = {k: v for k, v in a.optim_state.items() if isinstance(v, np.ndarray)}
+    opt_b = {k: v for k, v in b.optim_state.items() if isinstance(v, np.ndarray)}
+    assert opt_a and opt_a.keys() == opt_b.keys()
+    assert_same_arrays(opt_a, opt_b)
+    assert a.rng_state == b.rng_state and a.step == b.step
+    rows = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert without_timing(rows) == without_timing(full["history"])
+
+
+def test_extending_a_finished_run_with_constant_schedule(data_dir, tmp_path):
+    """2 epochs, then --resume --epochs 3 == 3 epochs in one go (the schedule does not depend on the total)."""
+    full = run(config(data_dir, tmp_path / "full", epochs=3, schedule="constant"))
+    run(config(data_dir, tmp_path / "two", epochs=2, schedule="constant"))
+    lines = []
+    more = run(config(data_dir, tmp_path / "two", epochs=3, schedule="constant", resume=True), lines)
+    assert lines[0].startswith("resuming") and "epoch 3/3" in lines[0]
+    assert without_timing(more["history"]) == without_timing(full["history"])
+    assert_same_arrays(params_of(tmp_path / "two"), params_of(tmp_path / "full"))
+
+
+def test_resume_refuses_other_run_settings_and_missing_checkpoint(data_dir, tmp_path):
+    run(config(data_dir, tmp_path / "r", epochs=1))
+    with pytest.raises(ValueError, match=r"--resume: .*checkpoint\.npz was trained with other settings: "
+                                         r"batch-size 64 \(the run uses 32\)"):
+        run(config(data_dir, tmp_path / "r", epochs=2, batch_size=64, resume=True))
+    with pytest.raises(checkpoint.CheckpointError, match=r"empty.*checkpoint\.npz: no such file"):
+        run(config(data_dir, tmp_path / "empty", resume=True))
+
+
+class PoisonedLoader:
+    """Wraps the training loader: puts a NaN into the input of the given (epoch, batch index) pairs."""
+
+    def __init__(self, loader, bad):
+        self.loader, self.bad = loader, set(bad)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        epoch = self.loader.epoch
+        for i, (x, y) in enumerate(self.loader):
+            if (epoch, i) in self.bad:
+                x = x.copy()
+                x[0, 0, 0, 0] = np.nan
+            yield x, y
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    def install(*bad):
+        real = T._loaders
+
+        def loaders(cfg, device):
+            train_set, train_loader, test_loader = real(cfg, device)
+            return train_set, PoisonedLoader(train_loader, bad), test_loader
+        monkeypatch.setattr(T, "_loaders", loaders)
+    return install
+
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_nan_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, poison, device):
+    poison((2, 4))  # epoch 2, its 5th batch
+    out = tmp_path / "r"
+    with pytest.raises(NumericalFaultError, match=r"epoch 2, step 5 \(global step 13\).*last good checkpoint "
+                                                  r"\(epoch 1\).*--lr.*--on-nonfinite skip") as e:
+        run(config(data_dir, out, epochs=3, device=device))
+    assert (e.value.epoch, e.value.step) == (2, 5)
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert ck.epoch == 1 and all(np.isfinite(v).all() for v in ck.model_state.values())
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_absurd_learning_rate_stops_with_a_clear_error(data_dir, tmp_path):
+    out = tmp_path / "r"
+    run(config(data_dir, out, epochs=1, optimizer="sgd", lr=0.01))
+    # resuming with an absurd rate: the fault is in epoch 2 and epoch 1's checkpoint survives
+    with pytest.raises(NumericalFaultError, match=r"at epoch 2, step \d+ .*epoch 1"):
+        run(config(data_dir, out, epochs=3, optimizer="sgd", lr=1e30, resume=True))
+    ck = checkpoint.load(out / "checkpoint.npz")
+    assert ck.epoch == 1
+    run(config(data_dir, out, epochs=2, optimizer="sgd", lr=0.01, resume=True))  # and the run goes on from it
+    assert checkpoint.load(out / "checkpoint.npz").epoch == 2
+
+
+def test_skip_mode_skips_and_counts_bad_steps(data_dir, tmp_path, poison):
+    poison((1, 2), (1, 5), (2, 0))
+    result = run(config(data_dir, tmp_path / "r", model="vgg", limit_train=256, on_nonfinite="skip"))
+    assert [r["skipped_steps"] for r in result["history"]] == [2, 1]
+    state = params_of(tmp_path / "r")
+    assert all(np.isfinite(v).all() for v in state.values())   # includes batch-norm running statistics
+    assert np.isfinite(result["history"][-1]["test_loss"])
+
+
+def test_no_host_sync_per_step_on_the_gpu_path(data_dir, tmp_path):
+    """On the emulated GPU, device->host transfers happen per log point and epoch, not per step."""
+    def transfers(n_images, log_every=1e9):
+        backend.transfer_stats.reset()
+        run(config(data_dir, tmp_path / f"r{n_images}-{log_every}", device="emulated", epochs=1,
+                   limit_train=n_images, log_every=log_every))
+        return backend.transfer_stats.device_to_host
+
+    n, n2 = transfers(64), transfers(128)    # 2 steps and 4 steps in the epoch
+    assert n == n2
+    # the counter does see reads: refreshing progress at every step costs a read per step
+    assert transfers(128, log_every=0) >= n2 + 4
+
+
+def test_evaluate_matches_a_numpy_computation(data_dir, tmp_path):
+    from gpucnn import data, models
+    from gpucnn.layers import SoftmaxCrossEntropy
+    ds = data.load_dataset("mnist", "test", data_dir=data_dir, download=False)
+    model = models.lenet5(1, 16, 10)
+    loader = data.DataLoader(ds, batch_size=50, shuffle=False)
+    loss, acc, confusion = evaluate(model, loader)
+    x = np.concatenate([xb for xb, _ in loader])
+    logits = model.forward(x, train=False)
+    pred = logits.argmax(1)
+    assert acc == np.mean(pred == ds.labels)
+    expected = np.zeros((10, 10), np.int64)
+    np.add.at(expected, (ds.labels, pred), 1)
+    np.testing.assert_array_equal(confusion, expected)
+    assert loss == pytest.approx(float(SoftmaxCrossEntropy().forward(logits, ds.labels)), rel=1e-5)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("epochs", 0, "epochs must be a positive integer"), ("batch_size", -1, "batch-size"),
+    ("lr", float("nan"), "lr must be a positive number"), ("on_nonfinite", "ignore", "on-nonfinite"),
+    ("schedule", "linear", "unknown schedule"), ("optimizer", "lbfgs", "unknown optimizer"),
+    ("model", "resnet", "unknown model"), ("clip", 0, "clip"), ("limit_train", 0, "limit-train")])
+def test_bad_settings_are_refused_before_anything_runs(data_dir, tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        run(config(data_dir, tmp_path / "r", **{field: value}))
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_short_run(tmp_path):
+    result = run(TrainConfig(out=str(tmp_path / "fm"), epochs=1, limit_train=6000, limit_test=1000,
+                             device="cpu", log_every=1e9, data_dir=str(FASHION), download=False))
+    assert result["history"][0]["test_acc"] > 0.70
