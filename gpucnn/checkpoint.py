@@ -177,6 +177,11 @@ def load(path, model=None) -> Checkpoint:
     missing = [k for k in required if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint {path}: corrupt metadata, missing {', '.join(missing)}")
+    types = {"model_name": str, "model_kwargs": dict, "epoch": int, "step": int, "config": dict,
+             "history": list, "rng_state": (dict, type(None)), "optim": (dict, type(None))}
+    wrong = [k for k, t in types.items() if k in meta and not isinstance(meta[k], t)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path}: corrupt metadata, {', '.join(wrong)} of the wrong type")
     model_state = {k[len("model/"):]: v for k, v in data.items() if k.startswith("model/")}
     if not model_state:
         raise CheckpointError(f"checkpoint {path}: holds no model weights")

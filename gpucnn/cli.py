@@ -1,7 +1,7 @@
 """The ``gpucnn`` command: ``train``, ``eval``, ``info`` and ``models``.
 
 Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GPU for ``--device cuda``, a
-run that diverges) end with one line ``gpucnn: error: ...`` on stderr and exit code 2; set GPUCNN_DEBUG=1
+run that diverges; ValueError, OSError and the library's own errors) end with one line ``gpucnn: error: ...`` on stderr and exit code 2; set GPUCNN_DEBUG=1
 to see their traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -29,8 +29,9 @@ class _Parser(argparse.ArgumentParser):
 def _user_errors() -> tuple:
     from . import checkpoint, train
     from .backend import CudaUnavailableError
+    # TypeError is not here: command-line input arrives as strings, so a TypeError is a bug (traceback).
     errors = [UsageError, CudaUnavailableError, checkpoint.CheckpointError, train.NumericalFaultError,
-              ValueError, TypeError, OSError]
+              ValueError, OSError]
     try:
         from .data import DatasetError
         errors.append(DatasetError)
@@ -77,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
     t.add_argument("--on-nonfinite", choices=NONFINITE_MODES,
                    help="on a NaN/inf loss or gradient: stop with an error (default) or skip the step")
+    t.add_argument("--no-download", dest="download", action="store_false", default=None,
+                   help="fail instead of downloading a dataset that is not found locally")
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
 
@@ -97,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                  "schedule", "warmup", "clip", "augment", "device", "seed", "out", "limit_train", "limit_test",
-                 "on_nonfinite", "log_every")
+                 "on_nonfinite", "log_every", "download")
 
 
 def _cmd_train(args) -> int:
@@ -223,14 +226,28 @@ def _cmd_models(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record (tests swap it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("gpucnn: %(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging():
+    """The "gpucnn" logger at INFO on stderr, so notes like the CPU fallback are seen."""
     logger = logging.getLogger("gpucnn")
     logger.setLevel(logging.INFO)
-    if not any(getattr(h, "_gpucnn_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("gpucnn: %(message)s"))
-        handler._gpucnn_cli = True
-        logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
         logger.propagate = False
 
 

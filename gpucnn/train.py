@@ -110,6 +110,8 @@ def _validate(cfg: TrainConfig):
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
     models.canonical_name(cfg.model)
+    from .data import dataset_spec
+    dataset_spec(cfg.dataset)
 
 
 # Settings that make a run what it is: a resumed run must keep them. The others (epochs, lr, clip,
@@ -303,9 +305,6 @@ class _Run:
             saved = checkpoint.load(self.ckpt_path)
             _check_resumable(config, saved.config, self.ckpt_path)
         self.device = backend.get_device(config.device)
-        os.makedirs(self.out, exist_ok=True)
-        checkpoint.remove_stale_temps(self.out)
-
         backend.seed(config.seed)
         self.train_set, self.train_loader, self.test_loader = _loaders(config, self.device)
         self.model_name = models.canonical_name(config.model)
@@ -322,6 +321,8 @@ class _Run:
         if saved is not None:
             self._restore(saved)
         self.model.to(self.device)
+        os.makedirs(self.out, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
+        checkpoint.remove_stale_temps(self.out)
         self.metrics_path = os.path.join(self.out, METRICS)
         _write_metrics(self.metrics_path, self.history)
 

@@ -1,0 +1,173 @@
+"""The gpucnn command: train/eval/info/models work; user errors are one line on stderr and exit code 2."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gpucnn
+from _synth import write_idx_dataset
+from gpucnn import cli
+
+REPO = str(Path(gpucnn.__file__).resolve().parent.parent)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=128, n_test=64, size=16)
+
+
+def gpucnn_cmd(*args, cwd=None):
+    """Run `python -m gpucnn ARGS` in a fresh interpreter; returns the CompletedProcess."""
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("GPUCNN_DEVICE", None)
+    env.pop("GPUCNN_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "gpucnn", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def tiny_train_args(data_dir, out, *extra):
+    return ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--no-download", "--epochs", "1",
+            "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu", "--out", str(out),
+            *extra]
+
+
+def assert_one_error_line(stderr, pattern):
+    lines = stderr.strip().splitlines()
+    assert "Traceback" not in stderr
+    errors = [line for line in lines if line.startswith("gpucnn: error:")]
+    assert len(errors) == 1, stderr
+    assert re.search(pattern, errors[0]), errors[0]
+    return lines
+
+
+def test_train_then_eval_in_subprocesses(data_dir, tmp_path):
+    out = tmp_path / "run"
+    p = gpucnn_cmd(*tiny_train_args(data_dir, out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "epoch 1/1" in p.stdout and "done: test accuracy" in p.stdout
+    assert p.stderr == ""  # --device cpu: no fallback note; a short run prints no progress line
+    row = json.loads((out / "metrics.jsonl").read_text())
+    assert {"checkpoint.npz", "curves.png", "filters.png"} <= set(os.listdir(out))
+
+    e = gpucnn_cmd("eval", "--checkpoint", out / "checkpoint.npz", "--data-dir", data_dir, "--device", "cpu",
+                   "--limit-test", "32")
+    assert e.returncode == 0, e.stderr
+    # eval of the saved model on the same 32 test images reproduces the run's last test accuracy
+    assert f"test accuracy {100 * row['test_acc']:.2f}%" in e.stdout
+    assert "confusion matrix (rows: true class, columns: predicted class)" in e.stdout
+    table = [line for line in e.stdout.splitlines() if re.match(r"^\s*\d \S", line)]
+    assert len(table) == 10
+    assert sum(int(v) for line in table for v in line.split()[2:12]) == 32
+
+
+def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "mnist", "--data-dir", data_dir, "--no-download", "--epochs", "1",
+            "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu", "--seed", "5"]
+    assert cli.main(args) == 0
+    out = tmp_path / "runs" / "lenet5-mnist"
+    assert (out / "checkpoint.npz").exists()
+    # --resume takes the run's own settings (batch size, limits, seed) from its checkpoint
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2", "--data-dir", data_dir]) == 0
+    assert "resuming" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # but refuses to silently change what the run is
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "3", "--batch-size", "64"]) == 2
+    assert_one_error_line(capsys.readouterr().err, r"batch-size 64 \(the run uses 32\)")
+
+
+@pytest.mark.parametrize("args,pattern", [
+    (["train", "--epochs", "0"], r"epochs must be a positive integer, got 0"),
+    (["train", "--epochs", "two"], r"--epochs: invalid int value: 'two'"),
+    (["train", "--model", "resnet"], r"--model: invalid choice: 'resnet'"),
+    (["train", "--optimizer", "lbfgs"], r"--optimizer: invalid choice"),
+    (["train", "--on-nonfinite", "ignore"], r"--on-nonfinite: invalid choice"),
+    (["train", "--lr", "-1"], r"lr must be a positive number"),
+    (["train", "--device", "tpu"], r"unknown device 'tpu'"),
+    (["train", "--device", "cuda"], r"device 'cuda' was asked for but CUDA is not usable.*--device cpu"),
+    (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
+    (["train", "--bogus"], r"unrecognized arguments: --bogus"),
+    (["eval"], r"the following arguments are required: --checkpoint"),
+    ([], r"choose a command: train, eval, info, models"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if args[:1] == ["train"] and "--device" not in args:
+        args = args + ["--device", "cpu"]
+    assert cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert_one_error_line(captured.err, pattern)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data(data_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))        # no download cache to find it in either
+    monkeypatch.delenv("GPUCNN_DATA", raising=False)
+    args = tiny_train_args(str(tmp_path / "nothing"), tmp_path / "out", "--no-download")
+    assert cli.main(args) == 2
+    lines = assert_one_error_line(capsys.readouterr().err, r"mnist \(train split\) not found.*nothing")
+    assert len(lines) == 1
+
+
+def test_numerical_fault_is_a_user_error(data_dir, tmp_path, capsys):
+    args = tiny_train_args(data_dir, tmp_path / "out", "--optimizer", "sgd", "--lr", "1e30")
+    assert cli.main(args) == 2
+    assert_one_error_line(capsys.readouterr().err, r"non-finite loss or gradient .* at epoch 1, step \d+.*--lr")
+
+
+def test_bad_checkpoints(data_dir, tmp_path, capsys):
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "none.npz")]) == 2
+    assert_one_error_line(capsys.readouterr().err, r"none\.npz: no such file")
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\x00" * 100)
+    assert cli.main(["eval", "--checkpoint", str(corrupt)]) == 2
+    assert_one_error_line(capsys.readouterr().err, r"corrupt\.npz: truncated or corrupt")
+    assert cli.main(tiny_train_args(data_dir, tmp_path / "fresh", "--resume")) == 2
+    assert_one_error_line(capsys.readouterr().err, r"fresh.checkpoint\.npz: no such file")
+
+
+def test_errors_in_a_subprocess_have_no_traceback(data_dir, tmp_path):
+    corrupt = tmp_path / "c.npz"
+    corrupt.write_bytes(b"not a zip")
+    for args, pattern in [(["eval", "--checkpoint", corrupt], r"c\.npz"),
+                          (["train", "--device", "cuda", "--epochs", "1"], r"CUDA is not usable"),
+                          (["train", "--batch-size", "0", "--device", "cpu"], r"batch-size must be a positive")]:
+        p = gpucnn_cmd(*args, cwd=tmp_path)
+        assert p.returncode == 2, (args, p.stderr)
+        lines = assert_one_error_line(p.stderr, pattern)
+        assert len(lines) == 1, p.stderr
+        assert p.stdout == ""
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    from gpucnn import train
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(train, "train", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train", "--device", "cpu"])
+
+
+def test_info_and_models(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    for needle in (f"gpucnn {gpucnn.__version__}", "numpy ", "python ", "cupy ", "CUDA: ", "devices: cpu"):
+        assert needle in out
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lenet5", "simple_convnet", "alexnet", "vgg"):
+        assert re.search(rf"^{name}\s", out, re.M)
+    assert "61,706" in out  # LeNet-5 at 1x28x28, as PyTorch counts it (see test_models)
+
+
+def test_module_entry_point_help():
+    p = gpucnn_cmd("--help")
+    assert p.returncode == 0 and "train" in p.stdout and "eval" in p.stdout
+    p = gpucnn_cmd("train", "--help")
+    assert p.returncode == 0 and "--limit-train" in p.stdout and "--on-nonfinite" in p.stdout
