@@ -220,11 +220,21 @@ class Conv2D(Layer):
         oh, ow = self._window_out(shape, self.kernel_size, self.stride, self.padding)
         return (shape[0], self.out_channels, oh, ow)
 
-    def _chunk(self, x_shape, oh, ow, itemsize):
-        """Samples per chunk so one chunk's columns stay within the workspace limit (at least 1)."""
-        n, c = x_shape[:2]
-        per_sample = c * self.kernel_size[0] * self.kernel_size[1] * oh * ow * itemsize
-        return max(1, min(n, _workspace_limit // max(per_sample, 1)))
+    def sample_bytes(self, input_shape, dtype=np.float32) -> int:
+        """Bytes one sample takes in the largest per-chunk work buffer: its columns (and column gradients),
+        C*kh*kw x out_h*out_w, or its weight-gradient term, out_channels x C*kh*kw."""
+        _, _, oh, ow = self.output_shape(input_shape)
+        k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        return k * max(oh * ow, self.out_channels) * np.dtype(dtype).itemsize
+
+    def chunk_size(self, input_shape, dtype=np.float32) -> int:
+        """Samples convolved at once: as many as keep every work buffer within the workspace limit (>= 1)."""
+        return max(1, min(int(input_shape[0]), _workspace_limit // self.sample_bytes(input_shape, dtype)))
+
+    def column_bytes(self, input_shape, dtype=np.float32) -> int:
+        """Bytes of the largest work buffer (e.g. the im2col columns) a forward/backward of this input makes:
+        within the workspace limit unless a single sample exceeds it."""
+        return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
         """(n, C*kh*kw, oh*ow) columns of a chunk."""
@@ -237,7 +247,7 @@ class Conv2D(Layer):
         _, o, oh, ow = self.output_shape(x.shape)
         x = xp.ascontiguousarray(x)
         w2 = self.params["W"].reshape(o, -1)
-        chunk = self._chunk(x.shape, oh, ow, x.dtype.itemsize)
+        chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, oh * ow), dtype=x.dtype)
         col = None
         for s in range(0, n, chunk):
@@ -254,14 +264,15 @@ class Conv2D(Layer):
         _, o, oh, ow = dout.shape
         kh, kw = self.kernel_size
         w2 = self.params["W"].reshape(o, -1)
-        d = dout.reshape(n, o, oh * ow)
-        chunk = n if cached_col is not None else self._chunk(x.shape, oh, ow, x.dtype.itemsize)
+        d = xp.ascontiguousarray(dout).reshape(n, o, oh * ow)
+        chunk = n if cached_col is not None else self.chunk_size(x.shape, x.dtype)
         dw = None
         dx = xp.empty(x.shape, dtype=x.dtype) if self.need_input_grad and chunk < n else None
         for s in range(0, n, chunk):
             col = cached_col if cached_col is not None else self._cols(x[s:s + chunk])
             ds = d[s:s + chunk]
-            part = xp.tensordot(ds, col, axes=([0, 2], [0, 2]))
+            # One (out, C*kh*kw) term per sample from a batched matmul, then summed: no transposed copies.
+            part = xp.matmul(ds, col.transpose(0, 2, 1)).sum(axis=0)
             dw = part if dw is None else dw + part
             if self.need_input_grad:
                 m = ds.shape[0]

@@ -73,14 +73,22 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
     xp_ = _pad(x, ph, pw, value=-np.inf)
     y = np.array(_windows(xp_, 0, 0, sh, sw, oh, ow))
     arg = np.zeros(y.shape, dtype=np.int32)
+    # Branch-free passes (masked copies with data-dependent masks are several times slower); NaN windows,
+    # which `>` cannot see, are fixed up afterwards: their argmax is the last NaN, as in the kernel's scan.
+    better, code = np.empty(y.shape, np.bool_), np.empty(y.shape, np.int32)
     for i in range(kh):
         for j in range(kw):
             if i == 0 and j == 0:
                 continue
             win = _windows(xp_, i, j, sh, sw, oh, ow)
-            better = (win > y) | np.isnan(win)
-            np.copyto(y, win, where=better)
-            np.copyto(arg, np.int32(i * kw + j), where=better)
+            np.greater(win, y, out=better)
+            np.maximum(win, y, out=y)      # NaN from either side; on ties numpy returns y, the first maximum
+            np.multiply(better, np.int32(i * kw + j), out=code)
+            np.maximum(arg, code, out=arg)  # offsets grow in scan order: the larger is the later winner
+    if np.isnan(y).any():
+        for i in range(kh):
+            for j in range(kw):
+                np.copyto(arg, np.int32(i * kw + j), where=np.isnan(_windows(xp_, i, j, sh, sw, oh, ow)))
     return y, arg
 
 
@@ -92,10 +100,16 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
-    zero = dy.dtype.type(0)
+    # dy where argmax == k, else +0.0, as a bit mask (np.where with a data-dependent mask is far slower).
+    bits = np.dtype(f"i{dy.dtype.itemsize}")
+    dy_bits = np.ascontiguousarray(dy).view(bits)
+    mask, share = np.empty(dy.shape, bits), np.empty(dy.shape, dy.dtype)
     for i in range(kh):
         for j in range(kw):
-            _windows(dxp, i, j, sh, sw, oh, ow)[...] += np.where(argmax == i * kw + j, dy, zero)
+            np.equal(argmax, i * kw + j, out=mask)
+            np.negative(mask, out=mask)
+            np.bitwise_and(dy_bits, mask, out=share.view(bits))
+            _windows(dxp, i, j, sh, sw, oh, ow)[...] += share
     return dxp[:, :, ph:ph + h, pw:pw + w]
 
 
