@@ -125,6 +125,10 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from . import backend, checkpoint, data, models
     from .train import evaluate, model_kwargs_for
+    if args.limit_test is not None and args.limit_test < 1:
+        raise UsageError(f"--limit-test must be a positive integer, got {args.limit_test}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     ckpt = checkpoint.load(args.checkpoint)
     device = backend.get_device(args.device)
     dataset_name = ckpt.config.get("dataset")
@@ -135,10 +139,6 @@ def _cmd_eval(args) -> int:
         raise checkpoint.CheckpointError(f"checkpoint {ckpt.path}: its model takes {ckpt.model_kwargs}, but the "
                                          f"{dataset_name} test images give {kwargs}")
     model = ckpt.load_into(models.get(ckpt.model_name, **ckpt.model_kwargs)).to(device)
-    if args.limit_test is not None and args.limit_test < 1:
-        raise UsageError(f"--limit-test must be a positive integer, got {args.limit_test}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     loader = data.DataLoader(test_set, batch_size=args.batch_size, shuffle=False, seed=0, normalize=True,
                              augment=False, device=device, drop_last=False, limit=args.limit_test)
     loss, acc, confusion = evaluate(model, loader)

@@ -131,8 +131,14 @@ def resume_config(out: str, **overrides) -> TrainConfig:
 
 def _check_resumable(cfg: TrainConfig, saved: dict, path: str):
     """ValueError unless cfg keeps the run-defining settings of the saved run."""
+    from .data import dataset_spec
+
     def norm(name, v):
-        return models.canonical_name(v) if name == "model" and v is not None else v
+        if v is not None and name == "model":
+            return models.canonical_name(v)
+        if v is not None and name == "dataset":
+            return dataset_spec(v).name
+        return v.lower() if name == "optimizer" and isinstance(v, str) else v
     conflicts = [f"{name.replace('_', '-')} {getattr(cfg, name)!r} (the run uses {saved.get(name)!r})"
                  for name in RUN_DEFINING if norm(name, getattr(cfg, name)) != norm(name, saved.get(name))]
     if conflicts:

@@ -244,3 +244,56 @@ def test_real_fashion_mnist_short_run(tmp_path):
     result = run(TrainConfig(out=str(tmp_path / "fm"), epochs=1, limit_train=6000, limit_test=1000,
                              device="cpu", log_every=1e9, data_dir=str(FASHION), download=False))
     assert result["history"][0]["test_acc"] > 0.70
+
+
+def test_without_matplotlib_pictures_are_skipped_with_one_line(data_dir, tmp_path, monkeypatch):
+    from gpucnn import plots
+    monkeypatch.setattr(plots, "available", lambda: False)
+    monkeypatch.setattr(T, "_warned_no_matplotlib", False)
+    lines = []
+    run(config(data_dir, tmp_path / "r", epochs=2), lines)
+    assert sum("matplotlib is not installed" in line for line in lines) == 1
+    assert sorted(os.listdir(tmp_path / "r")) == ["checkpoint.npz", "metrics.jsonl"]
+
+
+def test_filter_grid_tiles_each_filter_scaled_on_its_own():
+    from gpucnn.plots import filter_grid
+    w = np.zeros((5, 1, 3, 3))
+    w[1] = np.arange(9).reshape(3, 3)            # 0..8 -> 0..1
+    w[2] = -np.arange(9).reshape(3, 3) * 100.0   # scale does not matter
+    grid = filter_grid(w)
+    assert grid.shape == (2 * 4 + 1, 3 * 4 + 1)  # 5 filters -> 3 columns x 2 rows, 1 px borders
+    np.testing.assert_allclose(grid[1:4, 5:8], np.arange(9).reshape(3, 3) / 8)
+    np.testing.assert_allclose(grid[1:4, 9:12], 1 - np.arange(9).reshape(3, 3) / 8)
+    assert filter_grid(np.ones((4, 3, 5, 5))).shape == (13, 13, 3)  # RGB tiles for 3 input channels
+
+
+class FakeTTY:
+    def __init__(self, tty):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise():
+    term = FakeTTY(True)
+    p = T.Progress(stream=term)
+    assert p.interval == 0.25
+    p.show("epoch 1/2", 5, 10, "loss 0.5")
+    p.show("epoch 1/2", 10, 10, "loss 0.4")
+    p.clear()
+    assert term.text.count("\r\033[K") == 3 and "\n" not in term.text
+    assert "[##########..........] 5/10 loss 0.5" in term.text
+    log = FakeTTY(False)
+    p = T.Progress(stream=log)
+    assert p.interval == 10.0 and not p.due()
+    p.show("epoch 1/2", 5, 10, "loss 0.5")
+    p.clear()
+    assert log.text == "epoch 1/2 5/10 loss 0.5\n"
