@@ -92,6 +92,7 @@ class Layer:
         self.grads = {}
         self.buffers = {}
         self._cache = None
+        self._scratch = {}   # host work buffers reused across steps (see ops.im2col)
 
     # -- interface
     def forward(self, x, train=True):
@@ -117,6 +118,7 @@ class Layer:
             for k in d:
                 d[k] = to_device(d[k], dev)
         self._cache = None
+        self._scratch = {}
         return self
 
     # -- helpers for subclasses
@@ -237,8 +239,8 @@ class Conv2D(Layer):
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
-        """(n, C*kh*kw, oh*ow) columns of a chunk."""
-        col = ops.im2col(x, *self.kernel_size, *self.stride, *self.padding)
+        """(n, C*kh*kw, oh*ow) columns of a chunk (in this layer's scratch buffer on the CPU)."""
+        col = ops.im2col(x, *self.kernel_size, *self.stride, *self.padding, self._scratch)
         return col.reshape(x.shape[0], -1, col.shape[4] * col.shape[5])
 
     def forward(self, x, train=True):
@@ -276,12 +278,13 @@ class Conv2D(Layer):
             dw = part if dw is None else dw + part
             if self.need_input_grad:
                 m = ds.shape[0]
-                dcol = xp.matmul(w2.T, ds).reshape(m, c, kh, kw, oh, ow)
+                dcol = xp.matmul(w2.T, ds, out=col).reshape(m, c, kh, kw, oh, ow)  # columns are spent
                 dxs = ops.col2im(dcol, (m, c, h, w), *self.stride, *self.padding)
                 if dx is None:
                     dx = dxs
                 else:
                     dx[s:s + chunk] = dxs
+        self._cache = (x, None)   # the cached columns now hold their gradient; another backward recomputes
         self._set_grad("W", dw.reshape(self.params["W"].shape))
         if "b" in self.params:
             self._set_grad("b", d.sum(axis=(0, 2)))

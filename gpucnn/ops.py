@@ -31,8 +31,13 @@ def _windows(xp_, i, j, sh, sw, oh, ow):
 
 # ------------------------------------------------------------------------------------------ im2col
 
-def im2col(x, kh, kw, sh, sw, ph, pw):
-    """(N, C, H, W) -> contiguous columns (N, C, kh, kw, out_h, out_w); padding reads as zero."""
+def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
+    """(N, C, H, W) -> contiguous columns (N, C, kh, kw, out_h, out_w); padding reads as zero.
+
+    `scratch`, a dict owned by the caller, lets the CPU twin write into the buffer of its previous call
+    (the columns are then valid until the next call with that dict): re-faulting fresh pages for a large
+    array each step costs as much as filling them. On a GPU the memory pool recycles buffers; it is unused.
+    """
     if is_gpu_array(x):
         from . import kernels
         return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
@@ -41,7 +46,13 @@ def im2col(x, kh, kw, sh, sw, ph, pw):
     xp_ = _pad(x, ph, pw)
     s0, s1, s2, s3 = xp_.strides
     view = as_strided(xp_, (n, c, kh, kw, oh, ow), (s0, s1, s2, s3, s2 * sh, s3 * sw), writeable=False)
-    return np.ascontiguousarray(view)
+    if scratch is None:
+        return np.ascontiguousarray(view)
+    col = scratch.get("im2col")
+    if col is None or col.shape != view.shape or col.dtype != view.dtype:
+        col = scratch["im2col"] = np.empty(view.shape, view.dtype)
+    np.copyto(col, view)
+    return col
 
 
 def col2im(col, x_shape, sh, sw, ph, pw):

@@ -1,0 +1,143 @@
+"""The hot path's discipline: no host syncs and compile-once kernels on a (emulated) GPU, im2col workspace
+bounded by the limit (measured on a small conv, computed for ImageNet AlexNet), float32 kept float32, and the
+benchmark helper."""
+import numpy as np
+import pytest
+
+from gpucnn import backend, bench, kernels, models, ops
+from gpucnn import layers as L
+from gpucnn.optim import Adam
+
+
+@pytest.fixture
+def restore_workspace():
+    old = L.get_workspace_limit()
+    yield
+    L.set_workspace_limit(old)
+
+
+def on(device, a):
+    return backend.to_device(np.asarray(a), device)
+
+
+# ---------------------------------------------------------------------------------------- no host syncs
+
+def test_lenet5_training_on_the_emulated_gpu_never_syncs_and_compiles_each_kernel_once():
+    net = models.lenet5(in_channels=1, input_size=28, num_classes=10).to("emulated")
+    loss, opt = L.SoftmaxCrossEntropy(), Adam(lr=1e-3)
+    rng = np.random.default_rng(0)
+    batches = [(n, on("emulated", rng.standard_normal((n, 1, 28, 28), dtype=np.float32)),
+                on("emulated", rng.integers(0, 10, n))) for n in (4, 3, 4, 5, 3)]
+    before = {k: v for k, v in net.params.items()}
+    backend.transfer_stats.reset()
+    for _, x, t in batches:
+        value = loss.forward(net.forward(x, train=True), t)
+        net.backward(loss.backward())
+        opt.update(net.params, net.grads)
+    assert backend.transfer_stats.device_to_host == 0, "a training step read device memory on the host"
+    assert isinstance(value, backend.EmulatedArray) and value.shape == ()
+    assert all(net.params[k] is before[k] for k in before), "parameters are updated in place"
+    counts = kernels.compile_counts()
+    assert {("im2col.cu", "emulated"), ("pooling.cu", "emulated")} <= set(counts)
+    assert all(n == 1 for n in counts.values()), counts
+    assert np.isfinite(float(value))   # the one sync, after the steps
+
+
+# ------------------------------------------------------------------------------------------- workspace
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_no_column_buffer_exceeds_the_workspace_limit(restore_workspace, monkeypatch, device):
+    layer = L.Conv2D(3, 4, 3, padding=1).to(device)
+    x = on(device, np.random.default_rng(1).standard_normal((7, 3, 10, 10), dtype=np.float32))
+    full = 7 * 3 * 3 * 3 * 10 * 10 * 4
+    limit = full // 3
+    L.set_workspace_limit(limit)
+    sizes = []
+    real = ops.im2col
+
+    def counting(x, *args):
+        col = real(x, *args)
+        sizes.append(col.nbytes)
+        return col
+    monkeypatch.setattr(ops, "im2col", counting)
+    y = layer.forward(x)
+    layer.backward(y * 0 + 1)
+    assert len(sizes) > 2 and max(sizes) <= limit, (sizes, limit)
+    assert max(sizes) == layer.column_bytes(x.shape, x.dtype), "column_bytes predicts the largest buffer"
+    assert full > limit
+
+
+def test_imagenet_alexnet_at_batch_256_stays_within_the_default_workspace():
+    net = models.alexnet(in_channels=3, input_size=227, num_classes=1000)
+    limit = L.get_workspace_limit()
+    shape, convs = (256, 3, 227, 227), 0
+    for layer in net:
+        if isinstance(layer, L.Conv2D):
+            convs += 1
+            assert layer.column_bytes(shape) <= limit, (layer, shape)
+            if layer.kernel_size == (5, 5):
+                assert layer.sample_bytes(shape) * shape[0] > limit, "the batch's columns do not fit whole"
+        shape = layer.output_shape(shape)
+    assert convs == 5
+
+
+# ---------------------------------------------------------------------------------------------- dtypes
+
+def test_float32_training_stays_float32_in_every_layer():
+    rng = np.random.default_rng(2)
+    cases = [(L.Conv2D(2, 3, 3, padding=1), (4, 2, 6, 6)), (L.MaxPool2D(2), (4, 2, 6, 6)),
+             (L.AvgPool2D(2), (4, 2, 6, 6)), (L.Affine(12, 5), (4, 12)), (L.ReLU(), (4, 5)),
+             (L.LeakyReLU(0.1), (4, 5)), (L.Sigmoid(), (4, 5)), (L.Tanh(), (4, 5)), (L.Flatten(), (4, 2, 3)),
+             (L.Dropout(0.3), (4, 5)), (L.BatchNorm1D(5), (4, 5)), (L.BatchNorm2D(2), (4, 2, 3, 3)),
+             (L.LRN(3), (4, 4, 3, 3))]
+    for layer, shape in cases:
+        for train in (True, False):
+            x = rng.standard_normal(shape, dtype=np.float32)
+            y = layer.forward(x, train=train)
+            dx = layer.backward(np.ones_like(y))
+            assert y.dtype == np.float32 and dx.dtype == np.float32, (layer, train, y.dtype, dx.dtype)
+            assert all(g.dtype == np.float32 for g in layer.grads.values()), layer
+            assert all(b.dtype == np.float32 for b in layer.buffers.values()), layer
+    loss = L.SoftmaxCrossEntropy()
+    assert loss.forward(rng.standard_normal((4, 3), dtype=np.float32), np.arange(4) % 3).dtype == np.float32
+    assert loss.backward().dtype == np.float32
+    p, g = {"w": np.ones(3, np.float32)}, {"w": np.full(3, 0.5, np.float32)}
+    opt = Adam()
+    for _ in range(2):
+        opt.update(p, g)
+    assert p["w"].dtype == np.float32 and all(
+        a.dtype == np.float32 for k, a in opt.state_dict().items() if k.startswith("state/") and "exp" in k)
+
+
+# ----------------------------------------------------------------------------------------------- bench
+
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+@pytest.mark.parametrize("train", [True, False])
+def test_benchmark_reports_a_consistent_result(device, train):
+    r = bench.benchmark("simple_convnet", 3, device, steps=2, warmup=1, train=train, input_size=12,
+                        num_classes=4)
+    assert r["model"] == "simple_convnet" and r["device"] == device and r["batch"] == 3
+    assert r["mode"] == ("train" if train else "inference") and r["input_shape"] == (1, 12, 12)
+    assert r["seconds"] > 0 and r["ms_per_step"] == pytest.approx(r["seconds"] / 2 * 1e3)
+    assert r["images_per_second"] == pytest.approx(3 * 2 / r["seconds"])
+    line = bench.format_result(r)
+    assert line.startswith(f"simple_convnet {r['mode']} on {device}, batch 3 of 1x12x12:") and "images/s" in line
+
+
+def test_benchmark_training_on_the_emulated_gpu_does_not_sync():
+    backend.transfer_stats.reset()
+    bench.benchmark("lenet5", 2, "emulated", steps=2, warmup=1)
+    assert backend.transfer_stats.device_to_host == 0
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"batch_size": 0}, ["batch_size", ">= 1", "0"]),
+    ({"steps": 0}, ["steps", ">= 1", "0"]),
+    ({"warmup": -1}, ["warmup", ">= 0", "-1"]),
+    ({"model_name": "resnet"}, ["unknown model", "resnet", "lenet5"]),
+])
+def test_benchmark_refuses_bad_arguments(kwargs, words):
+    args = {"model_name": "lenet5", "batch_size": 2, "device": "cpu", **kwargs}
+    with pytest.raises(ValueError) as e:
+        bench.benchmark(**args)
+    assert all(w in str(e.value) for w in words), str(e.value)
