@@ -223,11 +223,11 @@ class Conv2D(Layer):
         return (shape[0], self.out_channels, oh, ow)
 
     def sample_bytes(self, input_shape, dtype=np.float32) -> int:
-        """Bytes one sample takes in the largest per-chunk work buffer: its columns (and column gradients),
-        C*kh*kw x out_h*out_w, or its weight-gradient term, out_channels x C*kh*kw."""
+        """Bytes of one sample's columns, C*kh*kw x out_h*out_w: the largest work buffer per sample (column
+        gradients and the weight-gradient temporaries are at most as large)."""
         _, _, oh, ow = self.output_shape(input_shape)
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
-        return k * max(oh * ow, self.out_channels) * np.dtype(dtype).itemsize
+        return k * oh * ow * np.dtype(dtype).itemsize
 
     def chunk_size(self, input_shape, dtype=np.float32) -> int:
         """Samples convolved at once: as many as keep every work buffer within the workspace limit (>= 1)."""
@@ -273,8 +273,10 @@ class Conv2D(Layer):
         for s in range(0, n, chunk):
             col = cached_col if cached_col is not None else self._cols(x[s:s + chunk])
             ds = d[s:s + chunk]
-            # One (out, C*kh*kw) term per sample from a batched matmul, then summed: no transposed copies.
-            part = xp.matmul(ds, col.transpose(0, 2, 1)).sum(axis=0)
+            if o <= oh * ow:   # per-sample (out, C*kh*kw) terms, summed: smaller than transposed columns
+                part = xp.matmul(ds, col.transpose(0, 2, 1)).sum(axis=0)
+            else:              # the terms would outweigh the columns: transpose those, one matmul
+                part = xp.tensordot(ds, col, axes=([0, 2], [0, 2]))
             dw = part if dw is None else dw + part
             if self.need_input_grad:
                 m = ds.shape[0]

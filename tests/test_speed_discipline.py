@@ -141,3 +141,21 @@ def test_benchmark_refuses_bad_arguments(kwargs, words):
     with pytest.raises(ValueError) as e:
         bench.benchmark(**args)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+# ------------------------------------------------------------------------------ both dW contraction orders
+
+@pytest.mark.parametrize("out_channels, size", [(20, 4), (2, 8)], ids=["out>pixels", "out<=pixels"])
+def test_conv_weight_gradient_matches_pytorch_in_both_contraction_orders(out_channels, size):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    layer = L.Conv2D(3, out_channels, 3, padding=1, dtype=np.float64)
+    x = rng.standard_normal((5, 3, size, size))
+    dout = rng.standard_normal(layer.output_shape(x.shape))
+    layer.forward(x)
+    dx = layer.backward(dout)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(layer.params["W"], requires_grad=True)
+    torch.nn.functional.conv2d(tx, tw, padding=1).backward(torch.tensor(dout))
+    np.testing.assert_allclose(layer.grads["W"], tw.grad.numpy(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
