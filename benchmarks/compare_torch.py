@@ -3,7 +3,10 @@ PyTorch on the CPU: same architecture, batch, dtype and thread count, the two al
 
     python benchmarks/compare_torch.py [--rounds 7] [--steps 10] [--threads 2] [--only lenet5|alexnet]
 
-Prints the median time per step of each and their ratio (gpucnn / torch: lower is better for gpucnn).
+Prints the median time per step of each and their ratio (gpucnn / torch: lower is better for gpucnn), and the
+load average before each case: other processes on the machine distort both (OpenBLAS threads spin badly when
+the cores are busy), so compare ratios taken at low load. numpy's BLAS threads are set from --threads through
+the environment before numpy is imported (threadpoolctl is used too when installed).
 """
 from __future__ import annotations
 
@@ -12,8 +15,6 @@ import os
 import platform
 import statistics
 import time
-
-import numpy as np
 
 
 def gpucnn_nets():
@@ -56,6 +57,7 @@ CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32))}
 
 
 def make_gpucnn_step(name):
+    import numpy as np
     from gpucnn import layers as L
     from gpucnn.optim import SGD
     net = gpucnn_nets()[name]()
@@ -77,6 +79,7 @@ def make_gpucnn_step(name):
 
 
 def make_torch_step(name):
+    import numpy as np
     import torch
     net = torch_nets()[name]()
     opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
@@ -111,7 +114,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=sorted(CASES))
     args = ap.parse_args(argv)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)   # read by the BLAS libraries when numpy/torch load them
 
+    import numpy as np
     import torch
     torch.set_num_threads(args.threads)
     try:
@@ -121,11 +127,12 @@ def main(argv=None):
         pass
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
           f"numpy {np.__version__}, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
-    print(f"{'case':<22}{'gpucnn ms':>11}{'torch ms':>11}{'ratio':>8}")
+    print(f"{'case':<22}{'gpucnn ms':>11}{'torch ms':>11}{'ratio':>8}{'load':>7}")
     for name in ([args.only] if args.only else list(CASES)):
         g_train, g_infer = make_gpucnn_step(name)
         t_train, t_infer = make_torch_step(name)
         for kind, g, t in (("train", g_train, t_train), ("inference", g_infer, t_infer)):
+            load = os.getloadavg()[0]
             g(), t(), g(), t()  # warm-up
             gs, ts = [], []
             for _ in range(args.rounds):
@@ -133,7 +140,8 @@ def main(argv=None):
                 ts.append(time_per_call(t, args.steps))
             gm, tm = statistics.median(gs) * 1e3, statistics.median(ts) * 1e3
             batch = CASES[name][0]
-            print(f"{name + ' ' + kind + ' b' + str(batch):<22}{gm:>11.2f}{tm:>11.2f}{gm / tm:>8.2f}", flush=True)
+            print(f"{name + ' ' + kind + ' b' + str(batch):<22}{gm:>11.2f}{tm:>11.2f}{gm / tm:>8.2f}{load:>7.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
