@@ -159,3 +159,26 @@ def test_conv_weight_gradient_matches_pytorch_in_both_contraction_orders(out_cha
     torch.nn.functional.conv2d(tx, tw, padding=1).backward(torch.tensor(dout))
     np.testing.assert_allclose(layer.grads["W"], tw.grad.numpy(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+# ------------------------------------------------------------------- branch-free max-pool twin, bit for bit
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("win", [(2, 2, 2, 2, 0, 0), (3, 3, 2, 2, 1, 1), (3, 2, 1, 2, 1, 0)])
+def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_and_infinities(win, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.integers(-2, 3, (3, 4, 9, 11)).astype(dtype)   # many ties
+    x[rng.random(x.shape) < 0.15] = -0.0                    # +0 / -0 ties: the first one must stay
+    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < 0.05] = -np.inf
+    y, arg = ops.maxpool_forward(x, *win)
+    ky, karg = (backend.to_cpu(a) for a in kernels.maxpool_forward(on("emulated", x), *win))
+    np.testing.assert_array_equal(arg, karg)
+    np.testing.assert_array_equal(y, ky)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(ky))
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dy[0, 0, 0, 0], dy[0, 1, 0, 0] = np.inf, -0.0
+    dx = ops.maxpool_backward(dy, arg, x.shape, *win)
+    kdx = backend.to_cpu(kernels.maxpool_backward(on("emulated", dy), on("emulated", karg), x.shape, *win))
+    np.testing.assert_allclose(dx, kdx, rtol=1e-12 if dtype == np.float64 else 1e-6)
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(kdx))
