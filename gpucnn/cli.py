@@ -248,7 +248,6 @@ def _setup_logging():
     logger.setLevel(logging.INFO)
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
-        logger.propagate = False
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "info": _cmd_info, "models": _cmd_models}
