@@ -1,4 +1,4 @@
-"""The ``gpucnn`` command: ``train``, ``eval``, ``info`` and ``models``.
+"""The ``gpucnn`` command: ``train``, ``eval``, ``bench``, ``info`` and ``models``.
 
 Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GPU for ``--device cuda``, a
 run that diverges; ValueError, OSError and the library's own errors) end with one line ``gpucnn: error: ...`` on stderr and exit code 2; set GPUCNN_DEBUG=1
@@ -48,7 +48,7 @@ def _build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     parser = _Parser(prog="gpucnn", description="Train and evaluate convolutional networks on the CPU or a "
                                                 "CUDA GPU (numpy / cupy).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,info,models}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,info,models}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (defaults: LeNet-5 on Fashion-MNIST)",
                        description="Train a model; --resume continues the run in --out from its checkpoint.")
@@ -90,6 +90,17 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
     e.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+
+    b = sub.add_parser("bench", help="images per second of training and inference steps",
+                       description="Time training steps (forward, backward, Adam update) and inference on random "
+                                   "data already on the device, after a warm-up; CUDA events on a GPU.")
+    b.add_argument("--model", choices=models.names(), default="lenet5", help="model (default lenet5)")
+    b.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    b.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
+    b.add_argument("--input-shape", metavar="CxHxW",
+                   help="input shape (default 1x28x28 for lenet5/simple_convnet, else 3x32x32)")
+    b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
 
     sub.add_parser("info", help="versions, devices, CUDA and kernel status")
     sub.add_parser("models", help="the models and their parameter counts")
@@ -163,6 +174,26 @@ def confusion_table(confusion, classes) -> str:
         lines.append(f"{i:>2} {name:<{label_w - 3}}" + "".join(f"{int(v):>{width}}" for v in confusion[i])
                      + "  " + recall)
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+def _cmd_bench(args) -> int:
+    from .train import benchmark
+    shape = None
+    if args.input_shape:
+        parts = args.input_shape.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise UsageError(f"--input-shape must look like 3x32x32 (channels x height x width), "
+                             f"got {args.input_shape!r}")
+        shape = tuple(int(p) for p in parts)
+    r = benchmark(args.model, batch_size=args.batch_size, device=args.device, input_shape=shape,
+                  steps=args.steps, warmup=args.warmup)
+    print(f"{r['model']} ({r['params']:,} parameters), batch {r['batch_size']} of "
+          f"{'x'.join(map(str, r['input_shape']))}, on {r['device']}, {r['steps']} timed steps")
+    for name in ("train", "inference"):
+        print(f"{name:<9}  {r[f'{name}_ms_per_batch']:8.2f} ms/batch  {r[f'{name}_images_per_second']:10.0f} images/s")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ info, models
@@ -250,7 +281,8 @@ def _setup_logging():
         logger.addHandler(_StderrHandler())
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "info": _cmd_info, "models": _cmd_models}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench, "info": _cmd_info,
+            "models": _cmd_models}
 
 
 def main(argv=None) -> int:
