@@ -93,7 +93,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
     (["train", "--bogus"], r"unrecognized arguments: --bogus"),
     (["eval"], r"the following arguments are required: --checkpoint"),
-    ([], r"choose a command: train, eval, info, models"),
+    ([], r"choose a command: train, eval, bench, info, models"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
