@@ -6,6 +6,7 @@ matplotlib (Agg backend, no display needed) is imported only when a picture is d
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -85,12 +86,13 @@ def plot_filters(weights: np.ndarray, path, title: str = "") -> str:
     """Save the first conv layer's filters (host array (out, in, kh, kw)) as a grid of small images."""
     plt = _pyplot()
     grid = filter_grid(weights)
-    side = min(8.0, max(3.0, grid.shape[1] / 8))
-    fig, ax = plt.subplots(figsize=(side, side * grid.shape[0] / grid.shape[1] + 0.4))
+    side = min(8.0, max(4.0, grid.shape[1] / 8))
+    fig, ax = plt.subplots(figsize=(side, side * grid.shape[0] / grid.shape[1] + 0.6))
     try:
         ax.imshow(grid, cmap=None if grid.ndim == 3 else "gray", interpolation="nearest", vmin=0, vmax=1)
         ax.set_axis_off()
-        ax.set_title(title or f"{weights.shape[0]} filters {weights.shape[2]}x{weights.shape[3]}")
+        label = f"{weights.shape[0]} filters {weights.shape[2]}x{weights.shape[3]}"
+        ax.set_title(textwrap.fill(f"{title}: {label}" if title else label, 45), fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
     finally:

@@ -509,4 +509,4 @@ def _pictures(run: _Run, log):
     plots.plot_curves(run.history, os.path.join(run.out, CURVES), title=title)
     name, w = _first_conv_weight(run.model)
     if w is not None:
-        plots.plot_filters(to_cpu(w), os.path.join(run.out, FILTERS), title=f"{title}: first conv layer ({name})")
+        plots.plot_filters(to_cpu(w), os.path.join(run.out, FILTERS), title=f"{title}, first conv layer ({name})")
