@@ -60,7 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help=f"training batch size (default {d.batch_size})")
     t.add_argument("--optimizer", choices=optim.names(), help=f"optimizer (default {d.optimizer})")
     t.add_argument("--lr", type=float, help=f"base learning rate (default {d.lr:g})")
-    t.add_argument("--weight-decay", type=float, help=f"L2 weight decay (default {d.weight_decay:g})")
+    t.add_argument("--weight-decay", type=float,
+                   help="weight decay (default: 0.05 for adamw, whose decay is decoupled; 0 for the others)")
     t.add_argument("--schedule", choices=optim.schedule_names(),
                    help=f"learning-rate schedule over the run (default {d.schedule})")
     t.add_argument("--warmup", type=int, help="linear learning-rate warm-up over this many steps (default 0)")

@@ -297,3 +297,17 @@ def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise():
     p.show("epoch 1/2", 5, 10, "loss 0.5")
     p.clear()
     assert log.text == "epoch 1/2 5/10 loss 0.5\n"
+
+
+def test_default_weight_decay_depends_on_the_optimizer():
+    assert T.weight_decay_for(TrainConfig()) == 0.05 == T.DEFAULT_WEIGHT_DECAY["adamw"]
+    assert T.weight_decay_for(TrainConfig(optimizer="sgd")) == 0.0      # an L2 term that size would be too strong
+    assert T.weight_decay_for(TrainConfig(optimizer="sgd", weight_decay=1e-4)) == 1e-4
+    assert T.weight_decay_for(TrainConfig(weight_decay=0.0)) == 0.0
+
+
+def test_the_run_uses_the_resolved_weight_decay(data_dir, tmp_path):
+    run(config(data_dir, tmp_path / "r", epochs=1))
+    ck = checkpoint.load(tmp_path / "r" / "checkpoint.npz")
+    assert ck.optim_state["optimizer"] == "AdamW" and ck.optim_state["hparams/weight_decay"] == 0.05
+    assert ck.config["weight_decay"] is None
