@@ -141,3 +141,17 @@ def test_same_code_on_each_device(device):
     x = backend.to_device(np.arange(12, dtype=np.float32), device)
     xp = backend.get_array_module(x)
     np.testing.assert_allclose(backend.to_cpu(xp.sqrt(x * x)), np.arange(12, dtype=np.float32))
+
+
+def test_cupy_installed_without_gpu():
+    """The case CI sets up: cupy imports, but there is no driver or GPU."""
+    cp = pytest.importorskip("cupy")
+    backend.cuda_status.cache_clear()
+    ok, why = backend.cuda_status()
+    if ok:
+        pytest.skip("a GPU is usable here")
+    assert f"cupy {cp.__version__} is installed" in why
+    assert "no CUDA driver" in why or "no GPU" in why
+    assert backend.get_device("auto") == backend.CPU
+    with pytest.raises(backend.CudaUnavailableError, match="is installed but"):
+        backend.get_device("cuda")
