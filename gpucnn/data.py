@@ -17,7 +17,6 @@ import pickle
 import socket
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .backend import get_device, host_rng, to_device
 
 DATA_ENV = "GPUCNN_DATA"
@@ -517,27 +517,18 @@ def download_file(url: str, target, sha256: str, progress=True, timeout: float =
     On any failure nothing is left at target nor beside it, and DownloadError("<url>: <problem>") is raised.
     """
     target = Path(target)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    except OSError as e:
-        raise DownloadError(f"{url}: cannot write into {target.parent} ({e.strerror or e})") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest, got = _transfer(url, out, progress, timeout)
-            out.flush()
-            os.fsync(out.fileno())
+
+    def write(out):
+        digest, got = _transfer(url, out, progress, timeout)
         if digest != sha256:
             raise DownloadError(f"{url}: checksum mismatch: expected sha256 {sha256}, got {digest} "
-                               f"({got} bytes); the file was not kept")
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+                                f"({got} bytes); the file was not kept")
+    try:
+        atomic_write(target, write, prefix=f".{target.name}.", suffix=".part")
+    except DownloadError:
         raise
+    except OSError as e:
+        raise DownloadError(f"{url}: cannot write into {target.parent} ({e.strerror or e})") from None
     return target
 
 
@@ -572,19 +563,6 @@ def _transfer(url, out, progress, timeout):
     if total is not None and got != total:
         raise DownloadError(f"{url}: interrupted: got {got} of {total} bytes; the partial file was not kept")
     return h.hexdigest(), got
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Progress:
