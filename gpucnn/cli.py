@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
 
     b = sub.add_parser("bench", help="images per second of training and inference steps",
-                       description="Time training steps (forward, backward, Adam update) and inference on random "
+                       description="Time training steps (forward, backward, SGD-momentum update) and inference on random "
                                    "data already on the device, after a warm-up; CUDA events on a GPU.")
     b.add_argument("--model", choices=models.names(), default="lenet5", help="model (default lenet5)")
     b.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
@@ -180,20 +180,18 @@ def confusion_table(confusion, classes) -> str:
 # ------------------------------------------------------------------------------------------------ bench
 
 def _cmd_bench(args) -> int:
-    from .train import benchmark
-    shape = None
+    from .bench import benchmark, format_result
+    size = channels = None
     if args.input_shape:
         parts = args.input_shape.lower().split("x")
         if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
             raise UsageError(f"--input-shape must look like 3x32x32 (channels x height x width), "
                              f"got {args.input_shape!r}")
-        shape = tuple(int(p) for p in parts)
-    r = benchmark(args.model, batch_size=args.batch_size, device=args.device, input_shape=shape,
-                  steps=args.steps, warmup=args.warmup)
-    print(f"{r['model']} ({r['params']:,} parameters), batch {r['batch_size']} of "
-          f"{'x'.join(map(str, r['input_shape']))}, on {r['device']}, {r['steps']} timed steps")
-    for name in ("train", "inference"):
-        print(f"{name:<9}  {r[f'{name}_ms_per_batch']:8.2f} ms/batch  {r[f'{name}_images_per_second']:10.0f} images/s")
+        channels, size = int(parts[0]), (int(parts[1]), int(parts[2]))
+    for train in (True, False):
+        r = benchmark(args.model, args.batch_size, args.device, steps=args.steps, warmup=args.warmup, train=train,
+                      input_size=size, in_channels=channels)
+        print(format_result(r))
     return 0
 
 

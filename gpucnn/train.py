@@ -252,51 +252,6 @@ def evaluate(model, loader, loss_layer=None):
     return float(host[-1]) / n, float(np.trace(confusion)) / n, confusion
 
 
-# ------------------------------------------------------------------------------------------- benchmark
-
-def default_input_shape(model_name: str) -> tuple:
-    """(C, H, W) a model is benchmarked at by default: 1x28x28 for the MNIST nets, 3x32x32 otherwise."""
-    return (1, 28, 28) if models.canonical_name(model_name) in ("lenet5", "simple_convnet") else (3, 32, 32)
-
-
-def benchmark(model_name: str, batch_size: int = 128, device="auto", input_shape=None, num_classes: int = 10,
-              steps: int = 20, warmup: int = 3, seed: int = 0) -> dict:
-    """Images per second of a training step (forward, backward, Adam update) and of inference, on random
-    data already on the device, after `warmup` untimed steps; CUDA events time it on a GPU."""
-    for name, v, low in (("batch-size", batch_size, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-    from .layers import SoftmaxCrossEntropy
-    dev = backend.get_device(device)
-    c, h, w = input_shape or default_input_shape(model_name)
-    backend.seed(seed)
-    model = models.get(model_name, in_channels=c, input_size=(h, w), num_classes=num_classes).to(dev)
-    rng = np.random.default_rng(seed)
-    x = backend.to_device(rng.standard_normal((batch_size, c, h, w), dtype=np.float32), dev)
-    y = backend.to_device(rng.integers(0, num_classes, batch_size), dev)
-    loss_layer, opt = SoftmaxCrossEntropy(), optim.get("adam", lr=1e-4)
-
-    def train_step():
-        loss_layer.forward(model.forward(x, train=True), y)
-        model.backward(loss_layer.backward())
-        opt.update(model.params, model.grads)
-
-    def infer():
-        model.forward(x, train=False)
-
-    result = {"model": models.canonical_name(model_name), "device": str(dev), "batch_size": batch_size,
-              "input_shape": (c, h, w), "params": model.num_params(), "steps": steps}
-    for name, fn in (("train", train_step), ("inference", infer)):
-        for _ in range(warmup):
-            fn()
-        with backend.DeviceTimer(dev) as timer:
-            for _ in range(steps):
-                fn()
-        result[f"{name}_ms_per_batch"] = 1e3 * timer.seconds / steps
-        result[f"{name}_images_per_second"] = batch_size * steps / timer.seconds
-    return result
-
-
 # --------------------------------------------------------------------------------------------- training
 
 def augmentations(augment, dataset: str) -> tuple:
