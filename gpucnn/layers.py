@@ -190,7 +190,7 @@ class Layer:
 # -------------------------------------------------------------------------------------------- conv
 
 class Conv2D(Layer):
-    """2-D convolution (cross-correlation, as PyTorch): im2col, then one batched matmul per chunk of samples.
+    """2-D convolution (cross-correlation, as PyTorch): im2col, then one GEMM per chunk of samples.
 
     The columns of the whole batch are cached for backward when they fit in the workspace limit;
     otherwise the batch is processed in chunks and each chunk's columns are recomputed in backward.
@@ -239,22 +239,32 @@ class Conv2D(Layer):
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
-        """(n, C*kh*kw, oh*ow) columns of a chunk (in this layer's scratch buffer on the CPU)."""
+        """(n*oh*ow, kh*kw*C) columns of a chunk (in this layer's scratch buffer on the CPU)."""
         col = ops.im2col(x, *self.kernel_size, *self.stride, *self.padding, self._scratch)
-        return col.reshape(x.shape[0], -1, col.shape[4] * col.shape[5])
+        return col.reshape(-1, col.shape[3] * col.shape[4] * col.shape[5])
+
+    def _weight_rows(self, xp):
+        """W as (out, kh*kw*C), the order of a column row."""
+        w = self.params["W"]
+        return xp.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(w.shape[0], -1)
 
     def forward(self, x, train=True):
         xp = self._begin(x)
         n = x.shape[0]
         _, o, oh, ow = self.output_shape(x.shape)
+        p = oh * ow
         x = xp.ascontiguousarray(x)
-        w2 = self.params["W"].reshape(o, -1)
+        wk = self._weight_rows(xp)
         chunk = self.chunk_size(x.shape, x.dtype)
-        y = xp.empty((n, o, oh * ow), dtype=x.dtype)
+        y = xp.empty((n, o, p), dtype=x.dtype)
         col = None
         for s in range(0, n, chunk):
-            col = self._cols(x[s:s + chunk])
-            xp.matmul(w2, col, out=y[s:s + chunk])
+            m = min(chunk, n - s)
+            col = self._cols(x[s:s + m])
+            if o >= 32:   # (out, m*oh*ow): one GEMM, then a transposing copy whose rows are oh*ow long
+                y[s:s + m] = xp.matmul(wk, col.T).reshape(o, m, p).transpose(1, 0, 2)
+            else:         # few filters: BLAS is faster with the long dimension first
+                y[s:s + m] = xp.matmul(col, wk.T).reshape(m, p, o).transpose(0, 2, 1)
         if "b" in self.params:
             y += self.params["b"][:, None]
         return self._save((x, col if (train and chunk >= n) else None), y.reshape(n, o, oh, ow))
@@ -265,31 +275,29 @@ class Conv2D(Layer):
         n, c, h, w = x.shape
         _, o, oh, ow = dout.shape
         kh, kw = self.kernel_size
-        w2 = self.params["W"].reshape(o, -1)
-        d = xp.ascontiguousarray(dout).reshape(n, o, oh * ow)
+        p = oh * ow
+        wk = self._weight_rows(xp)
+        d = xp.ascontiguousarray(dout.reshape(n, o, p).transpose(1, 0, 2)).reshape(o, n * p)
         chunk = n if cached_col is not None else self.chunk_size(x.shape, x.dtype)
-        dw = None
+        dwk = None
         dx = xp.empty(x.shape, dtype=x.dtype) if self.need_input_grad and chunk < n else None
         for s in range(0, n, chunk):
-            col = cached_col if cached_col is not None else self._cols(x[s:s + chunk])
-            ds = d[s:s + chunk]
-            if o <= oh * ow:   # per-sample (out, C*kh*kw) terms, summed: smaller than transposed columns
-                part = xp.matmul(ds, col.transpose(0, 2, 1)).sum(axis=0)
-            else:              # the terms would outweigh the columns: transpose those, one matmul
-                part = xp.tensordot(ds, col, axes=([0, 2], [0, 2]))
-            dw = part if dw is None else dw + part
+            m = min(chunk, n - s)
+            col = cached_col if cached_col is not None else self._cols(x[s:s + m])
+            ds = d[:, s * p:(s + m) * p]
+            part = xp.matmul(ds, col)                                  # (out, kh*kw*C): one GEMM
+            dwk = part if dwk is None else dwk + part
             if self.need_input_grad:
-                m = ds.shape[0]
-                dcol = xp.matmul(w2.T, ds, out=col).reshape(m, c, kh, kw, oh, ow)  # columns are spent
+                dcol = xp.matmul(ds.T, wk, out=col).reshape(m, oh, ow, kh, kw, c)  # columns are spent
                 dxs = ops.col2im(dcol, (m, c, h, w), *self.stride, *self.padding)
                 if dx is None:
                     dx = dxs
                 else:
-                    dx[s:s + chunk] = dxs
+                    dx[s:s + m] = dxs
         self._cache = (x, None)   # the cached columns now hold their gradient; another backward recomputes
-        self._set_grad("W", dw.reshape(self.params["W"].shape))
+        self._set_grad("W", dwk.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
         if "b" in self.params:
-            self._set_grad("b", d.sum(axis=(0, 2)))
+            self._set_grad("b", d.sum(axis=1))
         return dx
 
 

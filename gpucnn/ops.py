@@ -2,8 +2,10 @@
 
 Each function takes NCHW arrays. On the CPU it runs its numpy twin (the reference the CUDA kernels are
 tested against); on a GPU (real or emulated) it launches the custom kernel from :mod:`gpucnn.kernels`.
-The column layout is Chainer's 6-D ``(N, C, kh, kw, out_h, out_w)``, the same on both devices, so the
-conv layer reshapes it to ``(N, C*kh*kw, out_h*out_w)`` and does one batched matmul.
+The column layout is channels-last ``(N, out_h, out_w, kh, kw, C)``, the same on both devices: seen as
+2-D ``(N*out_h*out_w, kh*kw*C)`` it makes the forward, weight-gradient and column-gradient products one
+plain GEMM each over all samples, and its ``(kw, C)`` blocks are contiguous rows of the channels-last
+input, so the CPU twins copy and add long rows.
 """
 from __future__ import annotations
 
@@ -31,8 +33,18 @@ def _windows(xp_, i, j, sh, sw, oh, ow):
 
 # ------------------------------------------------------------------------------------------ im2col
 
+def _channels_last(x, ph, pw):
+    """(N, C, H, W) -> contiguous zero-padded (N, H + 2ph, W + 2pw, C)."""
+    n, c, h, w = x.shape
+    if ph == 0 and pw == 0:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    xt = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    xt[:, ph:ph + h, pw:pw + w] = x.transpose(0, 2, 3, 1)
+    return xt
+
+
 def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
-    """(N, C, H, W) -> contiguous columns (N, C, kh, kw, out_h, out_w); padding reads as zero.
+    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); padding reads as zero.
 
     `scratch`, a dict owned by the caller, lets the CPU twin write into the buffer of its previous call
     (the columns are then valid until the next call with that dict): re-faulting fresh pages for a large
@@ -43,30 +55,40 @@ def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
         return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    xp_ = _pad(x, ph, pw)
-    s0, s1, s2, s3 = xp_.strides
-    view = as_strided(xp_, (n, c, kh, kw, oh, ow), (s0, s1, s2, s3, s2 * sh, s3 * sw), writeable=False)
+    xt = _channels_last(x, ph, pw)
+    shape = (n, oh, ow, kh, kw, c)
     if scratch is None:
-        return np.ascontiguousarray(view)
-    col = scratch.get("im2col")
-    if col is None or col.shape != view.shape or col.dtype != view.dtype:
-        col = scratch["im2col"] = np.empty(view.shape, view.dtype)
-    np.copyto(col, view)
+        col = np.empty(shape, x.dtype)
+    else:
+        col = scratch.get("im2col")
+        if col is None or col.shape != shape or col.dtype != x.dtype:
+            col = scratch["im2col"] = np.empty(shape, x.dtype)
+    _, hp, wp, _ = xt.shape
+    e = xt.itemsize     # strides from the shape: numpy may report any stride for a length-1 axis
+    # Each (kw, C) block of a window is one contiguous run of the padded channels-last row.
+    view = as_strided(xt, (n, oh, ow, kh, kw * c), (hp * wp * c * e, wp * c * e * sh, c * e * sw, wp * c * e, e),
+                      writeable=False)
+    np.copyto(col.reshape(n, oh, ow, kh, kw * c), view)
     return col
 
 
 def col2im(col, x_shape, sh, sw, ph, pw):
-    """Adjoint of im2col: sums columns (N, C, kh, kw, out_h, out_w) back into an (N, C, H, W) image."""
+    """Adjoint of im2col: sums columns (N, out_h, out_w, kh, kw, C) back into a contiguous (N, C, H, W) image."""
     if is_gpu_array(col):
         from . import kernels
         return kernels.col2im(col, x_shape, sh, sw, ph, pw)
     n, c, h, w = x_shape
-    _, _, kh, kw, oh, ow = col.shape
-    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+    _, oh, ow, kh, kw, _ = col.shape
+    if c < 16:   # rows of C floats are too short to add: regroup by tap once, then add rows of out_w*C
+        col = np.ascontiguousarray(col.transpose(0, 3, 4, 1, 2, 5))
+        taps = lambda i, j: col[:, i, j]
+    else:
+        taps = lambda i, j: col[:, :, :, i, j]
+    dxt = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=col.dtype)
     for i in range(kh):
         for j in range(kw):
-            _windows(dxp, i, j, sh, sw, oh, ow)[...] += col[:, :, i, j]
-    return dxp[:, :, ph:ph + h, pw:pw + w]
+            dxt[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += taps(i, j)
+    return np.ascontiguousarray(dxt[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
 
 
 # ------------------------------------------------------------------------------------------ max pool

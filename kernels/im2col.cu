@@ -1,10 +1,14 @@
-// im2col and its adjoint col2im for NCHW convolution as one batched matmul.
+// im2col and its adjoint col2im for convolution as one plain GEMM over all samples.
 //
-// Column layout: (N, C, kh, kw, oh, ow), C-contiguous. Padding reads as zero.
-// col2im is a gather (one thread per input pixel, taps summed in row-major kernel order), so it needs no
+// Column layout: (N, oh, ow, kh, kw, C), C-contiguous: one row of kh*kw*C per output position. Both kernels
+// see a channels-last image (N, H, W, C) as a one-channel (N, H, W*C) image; the launcher passes the window
+// in those units (width W*C, kernel width kw*C, stride sw*C, padding pw*C), so the arguments named W, kw,
+// sw, pw below are the folded ones and one "tap" j of a kernel row is a (kernel column, channel) pair.
+// Padding reads as zero.
+// col2im is a gather (one thread per input element, taps summed in row-major kernel order), so it needs no
 // atomics, no zero-fill, and gives bit-identical results run to run.
-// Totals and flat indices are 64-bit; one image plane (H*W, oh*ow) must fit in int32 (checked by the launcher).
-// Self-contained on purpose: compiled as is by NVRTC (CuPy) and by g++ (gpucnn.emulator).
+// Totals and flat indices are 64-bit; one image plane (H*W*C, oh*ow) must fit in int32 (checked by the
+// launcher). Self-contained on purpose: compiled as is by NVRTC (CuPy) and by g++ (gpucnn.emulator).
 
 #define GRID_STRIDE_LOOP(i, n)                                                   \
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
@@ -22,42 +26,33 @@ __device__ __forceinline__ int first_tap(int p, int s, int out) {
 template <typename T>
 __device__ void im2col_impl(long long total, const T* __restrict__ x, int H, int W, int kh, int kw,
                             int sh, int sw, int ph, int pw, int oh, int ow, T* __restrict__ col) {
-  const int plane = oh * ow;
-  GRID_STRIDE_LOOP(idx, total) {  // idx runs over (n*C + c, oy, ox)
-    const long long nc = idx / plane;
-    const int rem = (int)(idx - nc * plane);
-    const int oy = rem / ow, ox = rem % ow;
-    const T* src = x + nc * H * W;
-    T* dst = col + nc * kh * kw * plane + rem;
-    const int y0 = oy * sh - ph, x0 = ox * sw - pw;
-    for (int i = 0; i < kh; ++i) {
-      const int y = y0 + i;
-      const bool row_inside = y >= 0 && y < H;
-      for (int j = 0; j < kw; ++j) {
-        const int xx = x0 + j;
-        *dst = (row_inside && xx >= 0 && xx < W) ? src[y * W + xx] : T(0);
-        dst += plane;
-      }
-    }
+  const long long row = (long long)kh * kw;  // one column row: all taps of one output position
+  GRID_STRIDE_LOOP(idx, total) {              // idx runs over (n, oy, ox, i, j), coalesced writes
+    const long long pos = idx / row;          // n*oh*ow + oy*ow + ox
+    const int tap = (int)(idx - pos * row);
+    const long long n = pos / ((long long)oh * ow);
+    const int rem = (int)(pos - n * oh * ow);
+    const int y = (rem / ow) * sh - ph + tap / kw, xx = (rem % ow) * sw - pw + tap % kw;
+    col[idx] = (y >= 0 && y < H && xx >= 0 && xx < W) ? x[n * H * W + (long long)y * W + xx] : T(0);
   }
 }
 
 template <typename T>
 __device__ void col2im_impl(long long total, const T* __restrict__ col, int H, int W, int kh, int kw,
                             int sh, int sw, int ph, int pw, int oh, int ow, T* __restrict__ x) {
-  const int plane = oh * ow;
-  GRID_STRIDE_LOOP(idx, total) {  // idx runs over (n*C + c, h, w)
-    const long long nc = idx / ((long long)H * W);
-    const int rem = (int)(idx - nc * H * W);
+  const long long row = (long long)kh * kw;
+  GRID_STRIDE_LOOP(idx, total) {  // idx runs over (n, h, w) of the folded image
+    const long long n = idx / ((long long)H * W);
+    const int rem = (int)(idx - n * H * W);
     const int hp = rem / W + ph, wp = rem % W + pw;  // position in the padded image
-    const T* src = col + nc * kh * kw * plane;
+    const T* src = col + n * oh * ow * row;
     const int j0 = first_tap(wp, sw, ow);
     T sum = T(0);
     for (int i = first_tap(hp, sh, oh); i < kh && i <= hp; i += sh) {
       const int oy = (hp - i) / sh;
       for (int j = j0; j < kw && j <= wp; j += sw) {
         const int ox = (wp - j) / sw;
-        sum += src[(long long)(i * kw + j) * plane + oy * ow + ox];
+        sum += src[((long long)oy * ow + ox) * row + i * kw + j];
       }
     }
     x[idx] = sum;

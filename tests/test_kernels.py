@@ -25,6 +25,7 @@ CASES = [
     (1, 2, 13, 6, 5, 3, 2, 1, 2, 1),    # large kernel, padding on both axes
     (2, 3, 3, 3, 2, 2, 1, 1, 1, 1),     # tiny input, every window padded
     (1, 2, 3, 4, 2, 2, 1, 2, 2, 1),     # padding wider than the kernel: windows entirely in padding
+    (2, 17, 6, 5, 3, 2, 1, 2, 1, 1),    # many channels (the CPU twin's other col2im path)
 ]
 IDS = ["x".join(map(str, c)) for c in CASES]
 LAUNCHES = {"default": None, "one-block-of-32": ((1,), (32,)), "oversized": ((997,), (64,)),
@@ -66,7 +67,7 @@ def data(case, dtype, seed=0):
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     oh, ow = ops.out_size(h, kh, sh, ph), ops.out_size(w, kw, sw, pw)
     return x, (kh, kw, sh, sw, ph, pw), rng.standard_normal((n, c, oh, ow)).astype(dtype), \
-        rng.standard_normal((n, c, kh, kw, oh, ow)).astype(dtype)
+        rng.standard_normal((n, oh, ow, kh, kw, c)).astype(dtype)   # channels-last columns
 
 
 # Each entry: (kernel launcher call on device arrays, twin call on host arrays); both get (x, win, dy, col).
@@ -126,6 +127,20 @@ def test_ops_dispatch_device_arrays_to_the_kernels(op):
     got = calls[op](emu)
     assert backend.transfer_stats.device_to_host == 0, "a kernel launch must not read device memory"
     compare(op, got, calls[op](lambda a: a), np.float32, op)
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_column_layout_is_torch_unfold_channels_last(case):
+    """im2col is F.unfold rearranged to (N, out_h, out_w, kh, kw, C); col2im is F.fold of the same."""
+    n, c, h, w, kh, kw, sh, sw, ph, pw = case
+    x, win, dy, col = data(case, np.float64)
+    oh, ow = dy.shape[2:]
+    unfold = torch.nn.functional.unfold(torch.from_numpy(x), (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    want = unfold.numpy().reshape(n, c, kh, kw, oh, ow).transpose(0, 4, 5, 2, 3, 1)
+    np.testing.assert_array_equal(ops.im2col(x, *win), want)
+    torch_col = torch.from_numpy(np.ascontiguousarray(col.transpose(0, 5, 3, 4, 1, 2)).reshape(n, -1, oh * ow))
+    fold = torch.nn.functional.fold(torch_col, (h, w), (kh, kw), padding=(ph, pw), stride=(sh, sw))
+    np.testing.assert_allclose(ops.col2im(col, x.shape, *win[2:]), fold.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_col2im_is_deterministic():
@@ -203,7 +218,7 @@ def test_non_contiguous_input_is_made_contiguous_first():
 
 def test_empty_batch_launches_nothing():
     x = emu(np.zeros((0, 3, 5, 5), np.float32))
-    assert kernels.im2col(x, 3, 3, 1, 1, 1, 1).shape == (0, 3, 3, 3, 5, 5)
+    assert kernels.im2col(x, 3, 3, 1, 1, 1, 1).shape == (0, 5, 5, 3, 3, 3)
     y, arg = kernels.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
     assert y.shape == arg.shape == (0, 3, 2, 2)
 
@@ -229,8 +244,8 @@ def test_default_launch_caps_the_grid(monkeypatch):
     (lambda: kernels.im2col(emu(np.ones((1, 4, 4), np.float32)), 2, 2, 1, 1, 0, 0), ValueError, "(N, C, H, W)"),
     (lambda: kernels.im2col(emu(np.ones((1, 1, 4, 4), np.float32)), 5, 2, 1, 1, 0, 0), ValueError, "does not fit"),
     (lambda: kernels.im2col(emu(np.ones((1, 1, 4, 4), np.float32)), 2, 2, 0, 1, 0, 0), ValueError, "stride"),
-    (lambda: kernels.col2im(emu(np.ones((1, 1, 2, 2, 3, 3), np.float32)), (1, 1, 5, 5), 1, 1, 0, 0),
-     ValueError, "expected (1, 1, 2, 2, 4, 4)"),
+    (lambda: kernels.col2im(emu(np.ones((1, 3, 3, 2, 2, 1), np.float32)), (1, 1, 5, 5), 1, 1, 0, 0),
+     ValueError, "expected (1, 4, 4, 2, 2, 1)"),
     (lambda: kernels.maxpool_backward(emu(np.ones((1, 1, 2, 2), np.float32)), emu(np.zeros((1, 1, 2, 2), np.int64)),
                                       (1, 1, 4, 4), 2, 2, 2, 2, 0, 0), TypeError, "int32"),
     (lambda: kernels.avgpool_backward(emu(np.ones((1, 1, 3, 2), np.float32)), (1, 1, 4, 4), 2, 2, 2, 2, 0, 0),
