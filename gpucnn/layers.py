@@ -239,7 +239,7 @@ class Conv2D(Layer):
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
-        """(n*oh*ow, kh*kw*C) columns of a chunk (in this layer's scratch buffer on the CPU)."""
+        """(n*oh*ow, kh*kw*C) columns of a chunk, row- or column-major (in this layer's scratch buffer on the CPU)."""
         col = ops.im2col(x, *self.kernel_size, *self.stride, *self.padding, self._scratch)
         return col.reshape(-1, col.shape[3] * col.shape[4] * col.shape[5])
 
@@ -288,7 +288,11 @@ class Conv2D(Layer):
             part = xp.matmul(ds, col)                                  # (out, kh*kw*C): one GEMM
             dwk = part if dwk is None else dwk + part
             if self.need_input_grad:
-                dcol = xp.matmul(ds.T, wk, out=col).reshape(m, oh, ow, kh, kw, c)  # columns are spent
+                if col.flags.c_contiguous:   # the columns are spent: their buffer takes their gradient
+                    xp.matmul(ds.T, wk, out=col)
+                else:                        # tap-major columns from the CPU twin (see ops.im2col)
+                    xp.matmul(wk.T, ds, out=col.T)
+                dcol = col.reshape(m, oh, ow, kh, kw, c)
                 dxs = ops.col2im(dcol, (m, c, h, w), *self.stride, *self.padding)
                 if dx is None:
                     dx = dxs

@@ -5,7 +5,8 @@ tested against); on a GPU (real or emulated) it launches the custom kernel from 
 The column layout is channels-last ``(N, out_h, out_w, kh, kw, C)``, the same on both devices: seen as
 2-D ``(N*out_h*out_w, kh*kw*C)`` it makes the forward, weight-gradient and column-gradient products one
 plain GEMM each over all samples, and its ``(kw, C)`` blocks are contiguous rows of the channels-last
-input, so the CPU twins copy and add long rows.
+input, so the CPU twins copy and add long rows (with few channels the twin stores the same array
+tap-major instead; see im2col).
 """
 from __future__ import annotations
 
@@ -43,9 +44,18 @@ def _channels_last(x, ph, pw):
     return xt
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
-    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); padding reads as zero.
+def _tap_major(c: int, kw: int, ow: int) -> bool:
+    """Whether the CPU twin lays the columns out in memory as (kh, kw, C, N, out_h, out_w): copying rows of
+    out_w from the NCHW image beats copying the channels-last (kw, C) runs when those are shorter (few channels)."""
+    return ow > kw * c
 
+
+def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
+    """(N, C, H, W) -> columns (N, out_h, out_w, kh, kw, C); padding reads as zero.
+
+    On a GPU the columns are contiguous. The CPU twin makes them contiguous too unless out_w > kw*C (few
+    channels); then they are a transposed view of contiguous (kh, kw, C, N, out_h, out_w) memory. Either way col.reshape(-1, kh*kw*C)
+    is a view that BLAS takes as is (row- or column-major).
     `scratch`, a dict owned by the caller, lets the CPU twin write into the buffer of its previous call
     (the columns are then valid until the next call with that dict): re-faulting fresh pages for a large
     array each step costs as much as filling them. On a GPU the memory pool recycles buffers; it is unused.
@@ -55,16 +65,24 @@ def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
         return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    xt = _channels_last(x, ph, pw)
-    shape = (n, oh, ow, kh, kw, c)
+    tap_major = _tap_major(c, kw, ow)
+    shape = (kh, kw, c, n, oh, ow) if tap_major else (n, oh, ow, kh, kw, c)
     if scratch is None:
         col = np.empty(shape, x.dtype)
     else:
         col = scratch.get("im2col")
         if col is None or col.shape != shape or col.dtype != x.dtype:
             col = scratch["im2col"] = np.empty(shape, x.dtype)
+    e = x.itemsize      # strides from the shapes: numpy may report any stride for a length-1 axis
+    if tap_major:       # rows of out_w from the padded NCHW image
+        xp_ = np.ascontiguousarray(_pad(x, ph, pw))
+        hp, wp = xp_.shape[2:]
+        view = as_strided(xp_, shape, (wp * e, e, hp * wp * e, c * hp * wp * e, wp * sh * e, sw * e),
+                          writeable=False)
+        np.copyto(col, view)
+        return col.transpose(3, 4, 5, 0, 1, 2)
+    xt = _channels_last(x, ph, pw)
     _, hp, wp, _ = xt.shape
-    e = xt.itemsize     # strides from the shape: numpy may report any stride for a length-1 axis
     # Each (kw, C) block of a window is one contiguous run of the padded channels-last row.
     view = as_strided(xt, (n, oh, ow, kh, kw * c), (hp * wp * c * e, wp * c * e * sh, c * e * sw, wp * c * e, e),
                       writeable=False)
@@ -73,12 +91,23 @@ def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
 
 
 def col2im(col, x_shape, sh, sw, ph, pw):
-    """Adjoint of im2col: sums columns (N, out_h, out_w, kh, kw, C) back into a contiguous (N, C, H, W) image."""
+    """Adjoint of im2col: sums columns (N, out_h, out_w, kh, kw, C) back into a contiguous (N, C, H, W) image.
+
+    Taps are added in row-major kernel order, as the CUDA kernel does. The CPU twin accumulates in the
+    layout whose rows are long for the columns' memory order (see im2col): NCHW for tap-major memory,
+    channels-last otherwise.
+    """
     if is_gpu_array(col):
         from . import kernels
         return kernels.col2im(col, x_shape, sh, sw, ph, pw)
     n, c, h, w = x_shape
     _, oh, ow, kh, kw, _ = col.shape
+    if col.transpose(3, 4, 5, 0, 1, 2).flags.c_contiguous:
+        dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=col.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                _windows(dxp, i, j, sh, sw, oh, ow)[...] += col[:, :, :, i, j].transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
     if c < 16:   # rows of C floats are too short to add: regroup by tap once, then add rows of out_w*C
         col = np.ascontiguousarray(col.transpose(0, 3, 4, 1, 2, 5))
         taps = lambda i, j: col[:, i, j]
