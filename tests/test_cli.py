@@ -187,3 +187,23 @@ def test_bench(capsys):
     assert_one_error_line(capsys.readouterr().err, r"lenet5: input_size 8x8 is too small")
     assert cli.main(["bench", "--device", "cpu", "--steps", "0"]) == 2
     assert_one_error_line(capsys.readouterr().err, r"steps must be an int >= 1, got 0")
+
+
+def test_corrupt_dataset_files_are_one_line(data_dir, tmp_path, capsys):
+    """A truncated or mislabelled idx file in --data-dir: one line naming the file and the problem."""
+    import gzip
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(data_dir, bad)
+    images = bad / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    images.write_bytes(gzip.compress(raw[:len(raw) // 2]))
+    assert cli.main(tiny_train_args(bad, tmp_path / "out")) == 2
+    assert_one_error_line(capsys.readouterr().err, r"train-images-idx3-ubyte\.gz: truncated")
+    shutil.copy(Path(data_dir) / "train-images-idx3-ubyte.gz", images)
+    labels = bad / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[8] = 42                                       # a label outside 0..9
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    assert cli.main(tiny_train_args(bad, tmp_path / "out")) == 2
+    assert_one_error_line(capsys.readouterr().err, r"train-labels-idx1-ubyte\.gz: .*42")
