@@ -395,9 +395,9 @@ class Affine(Layer):
 
     def backward(self, dout):
         x2, x_shape = self._saved(dout)
-        self._xp(dout, x2, *self.params.values())
-        self._set_grad("W", x2.T @ dout)
-        self._set_grad("b", dout.sum(axis=0))
+        xp = self._xp(dout, x2, *self.params.values())
+        xp.matmul(x2.T, dout, out=self.grads["W"])   # straight into the gradient: no temporary to copy
+        xp.sum(dout, axis=0, out=self.grads["b"])
         if not self.need_input_grad:
             return None
         return (dout @ self.params["W"].T).reshape(x_shape)
