@@ -200,24 +200,24 @@ def _check_float(what, *arrays):
 def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
     """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); see ops.im2col.
 
-    The kernel reads the channels-last copy of x as a one-channel (N, H, W*C) image: a (kh, kw) window with
-    stride (sh, sw) and padding (ph, pw) over it is a (kh, kw*C) window with stride (sh, sw*C) and padding
-    (ph, pw*C), whose one-channel columns are exactly the channels-last ones.
+    The kernel reads x in place (NCHW) and writes the channels-last columns: no transpose on the device.
     """
     _check_float("im2col", x)
     n, c, h, w = _image_shape(x.shape, "im2col")
     oh, ow = _geometry("im2col", h, w, kh, kw, sh, sw, ph, pw)
-    _geometry("im2col", h, w * c, kh, kw * c, sh, sw * c, ph, pw * c)
     xp = backend.get_array_module(x)
     with _device_scope(x):
-        x = xp.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        x = xp.ascontiguousarray(x)
         col = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-        _run("im2col", x, col.size, (x,), (h, w * c, kh, kw * c, sh, sw * c, ph, pw * c, oh, ow), (col,), launch)
+        _run("im2col", x, col.size, (x,), (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), (col,), launch)
     return col
 
 
 def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
-    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) -> (N, C, H, W); see ops.col2im and im2col."""
+    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) -> (N, C, H, W); see ops.col2im.
+
+    The kernel gathers each NCHW pixel from the channels-last columns: no transpose on the device.
+    """
     _check_float("col2im", col)
     n, c, h, w = _image_shape(x_shape, "col2im")
     if col.ndim != 6:
@@ -227,14 +227,11 @@ def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
     if tuple(col.shape) != (n, oh, ow, kh, kw, c):
         raise ValueError(f"col2im: columns of shape {col.shape} do not match image {tuple(x_shape)} with "
                          f"stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, oh, ow, kh, kw, c)})")
-    _geometry("col2im", h, w * c, kh, kw * c, sh, sw * c, ph, pw * c)
     xp = backend.get_array_module(col)
     with _device_scope(col):
         col = xp.ascontiguousarray(col)
-        xt = xp.empty((n, h, w, c), dtype=col.dtype)
-        _run("col2im", col, xt.size, (col,), (h, w * c, kh, kw * c, sh, sw * c, ph, pw * c, oh, ow), (xt,),
-             launch)
-        x = xp.ascontiguousarray(xt.transpose(0, 3, 1, 2))
+        x = xp.empty((n, c, h, w), dtype=col.dtype)
+        _run("col2im", col, x.size, (col,), (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), (x,), launch)
     return x
 
 

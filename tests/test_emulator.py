@@ -210,9 +210,9 @@ def test_parser_reads_signatures_as_written():
 def test_project_kernel_signatures_match_what_the_launchers_pass():
     """The contract between kernels/*.cu and gpucnn/kernels.py, spelled out."""
     geometry = ["int H", "int W", "int kh", "int kw", "int sh", "int sw", "int ph", "int pw", "int oh", "int ow"]
-    want = {
-        "im2col": (["const T* x"], ["T* col"]),
-        "col2im": (["const T* col"], ["T* x"]),
+    want = {   # inputs, outputs; im2col/col2im also take the channel count before the geometry
+        "im2col": (["const T* x", "int C"], ["T* col"]),
+        "col2im": (["const T* col", "int C"], ["T* x"]),
         "maxpool_forward": (["const T* x"], ["T* y", "int* argmax"]),
         "maxpool_backward": (["const T* dy", "const int* argmax"], ["T* dx"]),
         "avgpool_forward": (["const T* x"], ["T* y"]),

@@ -156,6 +156,19 @@ def test_col2im_is_deterministic():
         assert first.tobytes() == again.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype):
+    """Both add the same taps in the same row-major kernel order, whatever the twin's column memory order."""
+    x, win, dy, col = data(case, dtype)
+    got = host(kernels.im2col(emu(x), *win))
+    assert got.tobytes() == np.ascontiguousarray(ops.im2col(x, *win)).tobytes()
+    got = host(kernels.col2im(emu(col), x.shape, *win[2:]))
+    tap_major = np.ascontiguousarray(col.transpose(3, 4, 5, 0, 1, 2)).transpose(3, 4, 5, 0, 1, 2)
+    for twin_col in (col, tap_major):
+        assert got.tobytes() == ops.col2im(twin_col, x.shape, *win[2:]).tobytes()
+
+
 def tie_and_nan_input(dtype):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=(2, 3, 9, 8)).astype(dtype)   # many ties
