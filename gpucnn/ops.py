@@ -134,10 +134,12 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     xp_ = _pad(x, ph, pw, value=-np.inf)
     y = np.array(_windows(xp_, 0, 0, sh, sw, oh, ow))
-    arg = np.zeros(y.shape, dtype=np.int32)
-    # Branch-free passes (masked copies with data-dependent masks are several times slower); NaN windows,
-    # which `>` cannot see, are fixed up afterwards: their argmax is the last NaN, as in the kernel's scan.
-    better, code = np.empty(y.shape, np.bool_), np.empty(y.shape, np.int32)
+    # Branch-free passes (masked copies with data-dependent masks are several times slower), the offsets
+    # kept in the narrowest integer that holds them; NaN windows, which `>` cannot see, are fixed up
+    # afterwards: their argmax is the last NaN, as in the kernel's scan.
+    small = np.uint8 if kh * kw <= 256 else np.int32
+    arg = np.zeros(y.shape, dtype=small)
+    better, code = np.empty(y.shape, np.bool_), np.empty(y.shape, small)
     for i in range(kh):
         for j in range(kw):
             if i == 0 and j == 0:
@@ -145,12 +147,14 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
             win = _windows(xp_, i, j, sh, sw, oh, ow)
             np.greater(win, y, out=better)
             np.maximum(win, y, out=y)      # NaN from either side; on ties numpy returns y, the first maximum
-            np.multiply(better, np.int32(i * kw + j), out=code)
+            np.multiply(better.view(np.uint8), small(i * kw + j), out=code, casting="unsafe")
             np.maximum(arg, code, out=arg)  # offsets grow in scan order: the larger is the later winner
     if np.isnan(y).any():
         for i in range(kh):
             for j in range(kw):
-                np.copyto(arg, np.int32(i * kw + j), where=np.isnan(_windows(xp_, i, j, sh, sw, oh, ow)))
+                np.copyto(arg, small(i * kw + j), where=np.isnan(_windows(xp_, i, j, sh, sw, oh, ow)),
+                          casting="unsafe")
+    arg = arg.astype(np.int32, copy=False)
     return y, arg
 
 
@@ -163,15 +167,21 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
     oh, ow = dy.shape[2:]
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
     # dy where argmax == k, else +0.0, as a bit mask (np.where with a data-dependent mask is far slower).
+    # Windows that do not overlap each own their inputs: the share is written there, not added (dy + 0
+    # first turns -0.0 into the +0.0 the kernel's sum from zero gives).
+    disjoint = sh >= kh and sw >= kw
     bits = np.dtype(f"i{dy.dtype.itemsize}")
-    dy_bits = np.ascontiguousarray(dy).view(bits)
+    dy_bits = (dy + dy.dtype.type(0) if disjoint else np.ascontiguousarray(dy)).view(bits)
     mask, share = np.empty(dy.shape, bits), np.empty(dy.shape, dy.dtype)
     for i in range(kh):
         for j in range(kw):
             np.equal(argmax, i * kw + j, out=mask)
             np.negative(mask, out=mask)
-            np.bitwise_and(dy_bits, mask, out=share.view(bits))
-            _windows(dxp, i, j, sh, sw, oh, ow)[...] += share
+            if disjoint:
+                np.bitwise_and(dy_bits, mask, out=_windows(dxp, i, j, sh, sw, oh, ow).view(bits))
+            else:
+                np.bitwise_and(dy_bits, mask, out=share.view(bits))
+                _windows(dxp, i, j, sh, sw, oh, ow)[...] += share
     return dxp[:, :, ph:ph + h, pw:pw + w]
 
 

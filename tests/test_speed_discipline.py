@@ -182,3 +182,21 @@ def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_a
     kdx = backend.to_cpu(kernels.maxpool_backward(on("emulated", dy), on("emulated", karg), x.shape, *win))
     np.testing.assert_allclose(dx, kdx, rtol=1e-12 if dtype == np.float64 else 1e-6)
     np.testing.assert_array_equal(np.isnan(dx), np.isnan(kdx))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("win", [(2, 2, 2, 2, 0, 0), (3, 2, 3, 2, 1, 0), (2, 2, 3, 3, 0, 0), (3, 3, 2, 2, 1, 1),
+                                 (3, 2, 1, 2, 1, 0)])
+def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_overlapping_windows(win, dtype):
+    """Disjoint windows write their share, overlapping ones add it: both give the kernel's bits, +0.0 for a
+    -0.0 gradient, zeros for inputs no window reaches."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 10, 11)).astype(dtype)
+    _, arg = ops.maxpool_forward(x, *win)
+    dy = rng.standard_normal(arg.shape).astype(dtype)
+    dy[rng.random(dy.shape) < 0.2] = -0.0
+    dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, np.nan
+    dx = ops.maxpool_backward(dy, arg, x.shape, *win)
+    kdx = backend.to_cpu(kernels.maxpool_backward(on("emulated", dy), on("emulated", arg), x.shape, *win))
+    np.testing.assert_array_equal(dx, kdx)
+    np.testing.assert_array_equal(np.signbit(dx), np.signbit(kdx))
