@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 
 import numpy as np
@@ -41,6 +43,21 @@ def _plain(value):
 
 
 # ----------------------------------------------------------------------------------------- optimizers
+
+_pool = None
+
+
+def _host_threads() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+def _host_pool() -> ThreadPoolExecutor:
+    """The threads that update host parameters (made on first use)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(_host_threads(), thread_name_prefix="gpucnn-optim")
+    return _pool
+
 
 
 def _plus_scaled(xp, g, x, c):
@@ -78,10 +95,15 @@ class Optimizer:
         raise NotImplementedError
 
     def update(self, params: dict, grads: dict):
-        """One optimisation step: every array in `params` is updated in place from `grads[name]`."""
+        """One optimisation step: every array in `params` is updated in place from `grads[name]`.
+
+        Host parameters are updated by a few threads at once, largest first: the passes are memory-bound and
+        numpy releases the GIL, while BLAS's threads sit idle. Device updates are queued in order.
+        """
         if self._pending:
             self._adopt(params)
         lr = float(self.lr)
+        jobs = []
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
@@ -95,8 +117,15 @@ class Optimizer:
             if st is None:
                 st = self._state[name] = {"step": 0}
                 self._shapes[name] = tuple(p.shape)
-            st["step"] += 1
-            self._step(xp, p, g, st, lr)
+            jobs.append((xp, p, g, st))
+        for job in jobs:
+            job[3]["step"] += 1
+        run = lambda job: self._step(*job, lr)
+        if len(jobs) > 1 and not any(backend.is_gpu_array(job[1]) for job in jobs) and _host_threads() > 1:
+            list(_host_pool().map(run, sorted(jobs, key=lambda job: -job[1].size)))
+        else:
+            for job in jobs:
+                run(job)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
