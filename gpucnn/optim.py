@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import operator
-import os
-from concurrent.futures import ThreadPoolExecutor
 from numbers import Real
 
 import numpy as np
@@ -44,20 +42,20 @@ def _plain(value):
 
 # ----------------------------------------------------------------------------------------- optimizers
 
-_pool = None
+_BLOCK = 1 << 16   # elements per host work item: the passes of a step over one block stay in cache
 
 
-def _host_threads() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
-def _host_pool() -> ThreadPoolExecutor:
-    """The threads that update host parameters (made on first use)."""
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_host_threads(), thread_name_prefix="gpucnn-optim")
-    return _pool
-
+def _blocks(xp, p, g, st):
+    """A host job cut into flat blocks of _BLOCK elements (views of the same memory), or left whole when an
+    array is not contiguous."""
+    arrays = [p, g] + [v for k, v in st.items() if k != "step"]
+    if p.size <= _BLOCK or not all(a.flags.c_contiguous for a in arrays):
+        return [(xp, p, g, st)]
+    flat = {k: (v if k == "step" else v.reshape(-1)) for k, v in st.items()}
+    pf, gf = p.reshape(-1), g.reshape(-1)
+    return [(xp, pf[a:a + _BLOCK], gf[a:a + _BLOCK], {k: (v if k == "step" else v[a:a + _BLOCK])
+                                                     for k, v in flat.items()})
+            for a in range(0, p.size, _BLOCK)]
 
 
 def _plus_scaled(xp, g, x, c):
@@ -71,7 +69,8 @@ class Optimizer:
     """Base class: `update(params, grads)` applies one step to every parameter, in place.
 
     Subclasses list their hyper-parameters in `hparams` (constructor argument names, also attributes) and
-    implement `_state_fields()` (names of the per-parameter arrays after a step) and `_step()`.
+    implement `_state_fields()` (names of the per-parameter arrays), `_step()` (which may get flat blocks of
+    the arrays, so it works elementwise and only reads "step") and, when zeros are not the start, `_init_state()`.
     """
 
     hparams: tuple[str, ...] = ()
@@ -97,8 +96,8 @@ class Optimizer:
     def update(self, params: dict, grads: dict):
         """One optimisation step: every array in `params` is updated in place from `grads[name]`.
 
-        Host parameters are updated by a few threads at once, largest first: the passes are memory-bound and
-        numpy releases the GIL, while BLAS's threads sit idle. Device updates are queued in order.
+        Host parameters are updated in cache-sized blocks, so that a step's several passes cost one trip
+        through memory (threads do not pay: BLAS's threads still spin on the cores after a backward pass).
         """
         if self._pending:
             self._adopt(params)
@@ -118,14 +117,23 @@ class Optimizer:
                 st = self._state[name] = {"step": 0}
                 self._shapes[name] = tuple(p.shape)
             jobs.append((xp, p, g, st))
-        for job in jobs:
-            job[3]["step"] += 1
+        for xp, p, g, st in jobs:
+            st["step"] += 1
+            if not self._state_fields() <= set(st):
+                self._init_state(xp, p, st)
         run = lambda job: self._step(*job, lr)
-        if len(jobs) > 1 and not any(backend.is_gpu_array(job[1]) for job in jobs) and _host_threads() > 1:
-            list(_host_pool().map(run, sorted(jobs, key=lambda job: -job[1].size)))
-        else:
+        if any(backend.is_gpu_array(job[1]) for job in jobs):
             for job in jobs:
                 run(job)
+        else:
+            for job in jobs:
+                for block in _blocks(*job):
+                    run(block)
+
+    def _init_state(self, xp, p, st):
+        """Create the missing per-parameter state arrays, zeros by default."""
+        for field in self._state_fields() - set(st):
+            st[field] = xp.zeros_like(p)
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -242,9 +250,9 @@ class SGD(Optimizer):
         if self.weight_decay:
             g = _plus_scaled(xp, g, p, self.weight_decay)
         if self.momentum:
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = g.copy()
+            buf = st["momentum_buffer"]
+            if st["step"] == 1:     # torch starts the buffer at the first gradient, undamped
+                buf[...] = g
             else:
                 buf *= self.momentum
                 buf += g if self.dampening == 0 else (1.0 - self.dampening) * g
@@ -271,12 +279,13 @@ class AdaGrad(Optimizer):
     def _state_fields(self):
         return {"sum"}
 
+    def _init_state(self, xp, p, st):
+        st.setdefault("sum", xp.full_like(p, self.initial_accumulator_value))
+
     def _step(self, xp, p, g, st, lr):
         if self.weight_decay:
             g = _plus_scaled(xp, g, p, self.weight_decay)
-        s = st.get("sum")
-        if s is None:
-            s = st["sum"] = xp.full_like(p, self.initial_accumulator_value)
+        s = st["sum"]
         clr = lr / (1.0 + (st["step"] - 1) * self.lr_decay)
         t = g * g
         s += t
@@ -308,9 +317,6 @@ class RMSprop(Optimizer):
     def _step(self, xp, p, g, st, lr):
         if self.weight_decay:
             g = _plus_scaled(xp, g, p, self.weight_decay)
-        if "square_avg" not in st:
-            for field in self._state_fields():
-                st[field] = xp.zeros_like(p)
         sq = st["square_avg"]
         sq *= self.alpha
         t = g * g
@@ -368,9 +374,6 @@ class Adam(Optimizer):
                 p *= 1.0 - lr * self.weight_decay
             else:
                 g = _plus_scaled(xp, g, p, self.weight_decay)
-        if "exp_avg" not in st:
-            for field in self._state_fields():
-                st[field] = xp.zeros_like(p)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         step = st["step"]
         t = g - m

@@ -94,6 +94,25 @@ def test_matches_torch(ours, tcls, tkw, dtype):
 
 
 @pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
+def test_host_update_in_blocks_is_bit_identical_to_whole_arrays(ours, tcls, tkw, monkeypatch):
+    """Host parameters are updated block by block; cutting them must not change a bit (a Fortran-ordered
+    parameter is updated whole, in place)."""
+    params, grad_seq = make_params(np.float32), make_grads(np.float32)
+    params["1.W"] = np.asfortranarray(params["1.W"])
+    results = []
+    for block in (10 ** 9, 5):
+        monkeypatch.setattr(optim, "_BLOCK", block)
+        p = {k: v.copy(order="K") for k, v in params.items()}
+        ids = {k: id(v) for k, v in p.items()}
+        run(ours(), p, grad_seq)
+        assert {k: id(v) for k, v in p.items()} == ids
+        results.append(p)
+    for k in SHAPES:
+        assert not np.array_equal(results[1][k], params[k]), k
+        np.testing.assert_array_equal(results[1][k], results[0][k], err_msg=k)
+
+
+@pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
 def test_emulated_device_no_sync_and_same_result(ours, tcls, tkw):
     params, grad_seq = make_params(np.float32), make_grads(np.float32)
     cpu = run(ours(), {k: v.copy() for k, v in params.items()}, grad_seq)
