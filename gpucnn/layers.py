@@ -257,16 +257,16 @@ class Conv2D(Layer):
         wk = self._weight_rows(xp)
         chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, p), dtype=x.dtype)
+        b = self.params["b"][:, None] if "b" in self.params else x.dtype.type(0)
         col = None
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
             col = self._cols(x[s:s + m])
-            if o >= 32:   # (out, m*oh*ow): one GEMM, then a transposing copy whose rows are oh*ow long
-                y[s:s + m] = xp.matmul(wk, col.T).reshape(o, m, p).transpose(1, 0, 2)
+            # The GEMM's output is transposed into NCHW by the pass that adds the bias.
+            if o >= 32:   # (out, m*oh*ow): rows of the transposing pass are oh*ow long
+                xp.add(xp.matmul(wk, col.T).reshape(o, m, p).transpose(1, 0, 2), b, out=y[s:s + m])
             else:         # few filters: BLAS is faster with the long dimension first
-                y[s:s + m] = xp.matmul(col, wk.T).reshape(m, p, o).transpose(0, 2, 1)
-        if "b" in self.params:
-            y += self.params["b"][:, None]
+                xp.add(xp.matmul(col, wk.T).reshape(m, p, o).transpose(0, 2, 1), b, out=y[s:s + m])
         return self._save((x, col if (train and chunk >= n) else None), y.reshape(n, o, oh, ow))
 
     def backward(self, dout):
