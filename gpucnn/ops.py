@@ -90,6 +90,9 @@ def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
     return col
 
 
+_COL2IM_BLOCK_BYTES = 1 << 19   # channels-last accumulator of col2im's CPU twin: a few samples, in L2
+
+
 def col2im(col, x_shape, sh, sw, ph, pw):
     """Adjoint of im2col: sums columns (N, out_h, out_w, kh, kw, C) back into a contiguous (N, C, H, W) image.
 
@@ -108,16 +111,24 @@ def col2im(col, x_shape, sh, sw, ph, pw):
             for j in range(kw):
                 _windows(dxp, i, j, sh, sw, oh, ow)[...] += col[:, :, :, i, j].transpose(0, 3, 1, 2)
         return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
-    if c < 16:   # rows of C floats are too short to add: regroup by tap once, then add rows of out_w*C
-        col = np.ascontiguousarray(col.transpose(0, 3, 4, 1, 2, 5))
-        taps = lambda i, j: col[:, i, j]
-    else:
-        taps = lambda i, j: col[:, :, :, i, j]
-    dxt = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=col.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            dxt[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += taps(i, j)
-    return np.ascontiguousarray(dxt[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2))
+    # Accumulated a few samples at a time, in a channels-last block that stays in cache over the taps.
+    hp, wp = h + 2 * ph, w + 2 * pw
+    nb = max(1, min(n, _COL2IM_BLOCK_BYTES // (hp * wp * c * col.itemsize)))
+    acc_buf = np.empty((nb, hp, wp, c), dtype=col.dtype)
+    dx = np.empty((n, c, h, w), dtype=col.dtype)
+    for s in range(0, n, nb):
+        block, acc = col[s:s + nb], acc_buf[:min(nb, n - s)]
+        acc.fill(0)
+        if c < 16:   # rows of C floats are too short to add: regroup by tap once, then add rows of out_w*C
+            block = np.ascontiguousarray(block.transpose(0, 3, 4, 1, 2, 5))
+            taps = lambda i, j: block[:, i, j]
+        else:
+            taps = lambda i, j: block[:, :, :, i, j]
+        for i in range(kh):
+            for j in range(kw):
+                acc[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += taps(i, j)
+        dx[s:s + nb] = acc[:, ph:ph + h, pw:pw + w].transpose(0, 3, 1, 2)
+    return dx
 
 
 # ------------------------------------------------------------------------------------------ max pool

@@ -156,11 +156,17 @@ def test_col2im_is_deterministic():
         assert first.tobytes() == again.tobytes()
 
 
+@pytest.mark.parametrize("samples_per_block", [None, 1, 2], ids=["default-block", "block-1", "block-2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype):
-    """Both add the same taps in the same row-major kernel order, whatever the twin's column memory order."""
+def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_per_block, monkeypatch):
+    """Both add the same taps in the same row-major kernel order, whatever the twin's column memory order
+    and however many samples its channels-last accumulator holds at once."""
     x, win, dy, col = data(case, dtype)
+    if samples_per_block:
+        n, c, h, w, kh, kw, sh, sw, ph, pw = case
+        sample = (h + 2 * ph) * (w + 2 * pw) * c * np.dtype(dtype).itemsize
+        monkeypatch.setattr(ops, "_COL2IM_BLOCK_BYTES", samples_per_block * sample)
     got = host(kernels.im2col(emu(x), *win))
     assert got.tobytes() == np.ascontiguousarray(ops.im2col(x, *win)).tobytes()
     got = host(kernels.col2im(emu(col), x.shape, *win[2:]))
