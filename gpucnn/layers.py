@@ -563,8 +563,13 @@ class _BatchNorm(Layer):
             if m < 2:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input shape {tuple(x.shape)}")
-            mean = x.mean(axis=axes, keepdims=True)
-            xc = x - mean
+            # Statistics of x minus one of its own values per channel: a large common offset then cancels
+            # exactly, before the float32 sums, instead of rounding the deviations away.
+            shift = x[(0, slice(None)) + (0,) * (x.ndim - 2)].reshape(bshape)
+            xc = x - shift
+            shifted_mean = xc.mean(axis=axes, keepdims=True)
+            xc -= shifted_mean
+            mean = shift + shifted_mean
             var = (xc * xc).mean(axis=axes, keepdims=True)
             mom = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]

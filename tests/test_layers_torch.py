@@ -258,6 +258,26 @@ def test_batchnorm_train_eval_and_running_stats_match_torch(dim, seed):
     assert_close(layer.buffers["running_var"], rv, "running_var unchanged by eval")
 
 
+@pytest.mark.parametrize("dim", [1, 2])
+def test_batchnorm_statistics_survive_a_large_common_offset(dim):
+    """float32 input of spread 1e-3 around -100: the statistics must not round the deviations away. The
+    float64 oracle is the reference (float32 torch is itself off by ~1e-3 here)."""
+    rng = np.random.default_rng(0)
+    shape = (3, 4) + ((5, 2) if dim == 2 else ())
+    x = (rng.standard_normal(shape) * 1e-3 - 100).astype(np.float32)
+    dout = randn(rng, *shape)
+    layer = (L.BatchNorm1D if dim == 1 else L.BatchNorm2D)(4)
+    xt = torch.tensor(x.astype(np.float64), requires_grad=True)
+    rm, rv = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    yt = F.batch_norm(xt, rm, rv, training=True, momentum=0.1, eps=1e-5)
+    yt.backward(torch.tensor(dout.astype(np.float64)))
+    y, dx = run_ours(layer, x, dout)
+    for got, want, what in [(y, yt, "y"), (dx, xt.grad, "dx"), (layer.buffers["running_mean"], rm, "mean")]:
+        want = want.detach().numpy()
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err < 1e-5, f"{what}: relative error {err:.1e}"
+
+
 # ----------------------------------------------------------------------------------------- LRN
 
 def lrn_cases():
