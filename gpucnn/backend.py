@@ -120,7 +120,7 @@ def get_device(spec=None) -> Device:
             return Device("cuda", 0)
         _log_fallback(why)
         return CPU
-    if s == "cuda" or s.startswith("cuda:") or s.startswith("gpu"):
+    if s in ("cuda", "gpu") or s.startswith(("cuda:", "gpu:")):
         idx_text = s.split(":", 1)[1] if ":" in s else "0"
         if not idx_text.isdigit():
             raise ValueError(f"device {spec!r}: expected 'cuda' or 'cuda:N' with N a GPU number")

@@ -137,6 +137,9 @@ def load(path, model=None) -> Checkpoint:
         meta = json.loads(str(data["__meta__"]))
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: corrupt metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: corrupt metadata, expected a JSON object, "
+                              f"got {type(meta).__name__}")
     required = ("model_name", "model_kwargs", "epoch", "step", "rng_state", "config", "optim")
     missing = [k for k in required if k not in meta]
     if missing:
@@ -154,6 +157,8 @@ def load(path, model=None) -> Checkpoint:
         optim_state = _decode(meta["optim"], optim_arrays) if meta["optim"] is not None else None
     except KeyError as e:
         raise CheckpointError(f"checkpoint {path}: optimizer state is missing array {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path}: corrupt optimizer state ({e})") from None
     ckpt = Checkpoint(path=path, version=version, model_name=meta["model_name"],
                       model_kwargs=meta["model_kwargs"], model_state=model_state, optim_state=optim_state,
                       epoch=int(meta["epoch"]), step=int(meta["step"]), rng_state=meta["rng_state"],

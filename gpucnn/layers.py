@@ -143,8 +143,8 @@ class Layer:
 
     def _check_float(self, x):
         """Float input; for layers with parameters, of the parameters' dtype."""
-        if x.dtype.kind != "f":
-            raise TypeError(f"{self!r}: expected a floating-point input, got dtype {x.dtype} "
+        if x.dtype not in (np.float32, np.float64):   # what the kernels take, so the CPU takes no more
+            raise TypeError(f"{self!r}: expected a float32 or float64 input, got dtype {x.dtype} "
                             f"(convert with x.astype('float32'))")
         for p in self.params.values():
             if p.dtype != x.dtype:
@@ -160,17 +160,21 @@ class Layer:
         return xp
 
     def _save(self, cache, y):
-        """Keep what backward needs, and the output's shape to check dout against."""
-        self._cache, self._out_shape = cache, tuple(y.shape)
+        """Keep what backward needs, and the output's shape and device to check dout against."""
+        self._cache, self._out_shape, self._out_device = cache, tuple(y.shape), device_of(y)
         return y
 
     def _saved(self, dout):
-        """The forward cache, after checking backward follows a forward and dout has the output's shape."""
+        """The forward cache, after checking backward follows a forward and dout has the output's shape and
+        device."""
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         if not hasattr(dout, "shape") or tuple(dout.shape) != self._out_shape:
             raise ValueError(f"{self!r}: expected dout of shape {self._out_shape} (the output's), "
                              f"got {getattr(dout, 'shape', type(dout).__name__)}")
+        if device_of(dout) != self._out_device:
+            raise DeviceMismatchError(f"{self!r}: dout is on {device_of(dout)} but the forward pass ran on "
+                                      f"{self._out_device}; move it with gpucnn.to_device(dout, device)")
         return self._cache
 
     def _expect_ndim(self, shape, ndim, layout):
@@ -664,15 +668,13 @@ class LRN(Layer):
 
 # --------------------------------------------------------------------------------------------- loss
 
-class SoftmaxCrossEntropy:
+class SoftmaxCrossEntropy(Layer):
     """Mean cross-entropy of softmax(logits) against integer class labels (numerically stable log-softmax).
 
-    Labels' range is checked only for host (numpy) arrays: on a GPU the check would need a device-to-host
-    sync every step; out-of-range labels there just give a wrong (not crashing) loss.
+    Labels outside [0, classes) raise ValueError for host (numpy) arrays. On a GPU that check would need a
+    device-to-host sync every step, so there such labels make the loss and its gradient NaN instead, which
+    the trainer's non-finite check stops on (its datasets' labels are checked when they are read).
     """
-
-    def __init__(self):
-        self._cache = None
 
     def __repr__(self):
         return "SoftmaxCrossEntropy()"
@@ -708,8 +710,10 @@ class SoftmaxCrossEntropy:
         z = logits - logits.max(axis=1, keepdims=True)
         logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
         onehot = (xp.arange(k)[None, :] == labels[:, None]).astype(logits.dtype)
+        if xp is not np:   # a row without its class has a label outside [0, k): poison it, with no sync
+            onehot[:, :1] += xp.where(onehot.sum(axis=1, keepdims=True) == 0, logits.dtype.type(np.nan), 0)
         self._cache = (xp.exp(logp), onehot)
-        return xp.asarray((onehot * logp).sum() * (-1 / n))
+        return xp.asarray((onehot * logp).sum() * logits.dtype.type(-1 / n))
 
     def backward(self, dout=1.0):
         """d(loss)/d(logits) = (softmax - onehot) * dout / N."""

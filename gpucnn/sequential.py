@@ -1,7 +1,7 @@
 """Sequential: a chain of layers with flat, named views of their params, grads and buffers, and checkpoints.
 
 Names are "<layer index>.<key>" ("0.W", "3.running_mean"), built live from the layers so they always
-reference the current arrays. The first layer is told not to compute its input gradient (nobody needs it).
+reference the current arrays. The first layer's input gradient is skipped in backward (nobody needs it).
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: expected Layer instances, got {type(layer).__name__} at index {i}")
         self.layers = list(layers)
-        self.layers[0].need_input_grad = False
         self._device = CPU
 
     # -- running
@@ -37,10 +36,20 @@ class Sequential:
     __call__ = forward
 
     def backward(self, dout):
-        """Backpropagate dout through every layer (filling their grads); returns the first layer's dx (None)."""
-        for layer in reversed(self.layers):
+        """Backpropagate dout through every layer (filling their grads); returns None: the first layer is told
+        not to compute the input gradient for this call (its own setting is restored afterwards)."""
+        for layer in reversed(self.layers[1:]):
             dout = layer.backward(dout)
-        return dout
+        first = self.layers[0]
+        own = first.__dict__.get("need_input_grad")
+        first.need_input_grad = False
+        try:
+            return first.backward(dout)
+        finally:
+            if own is None:
+                del first.need_input_grad
+            else:
+                first.need_input_grad = own
 
     # -- containers
     def __len__(self):

@@ -355,12 +355,18 @@ class _Run:
             raise checkpoint.CheckpointError(
                 f"checkpoint {self.ckpt_path}: holds {saved.model_name}({saved.model_kwargs}), but the run "
                 f"builds {self.model_name}({self.model_kwargs})")
-        saved.load_into(self.model)
-        if saved.optim_state is not None:
-            self.opt.load_state_dict(saved.optim_state)
-        if saved.rng_state is not None:
-            backend.set_rng_state(saved.rng_state)
-        self.history = [row for row in saved.history if row["epoch"] <= saved.epoch]
+        try:
+            saved.load_into(self.model)
+            if saved.optim_state is not None:
+                self.opt.load_state_dict(saved.optim_state)
+            if saved.rng_state is not None:
+                backend.set_rng_state(saved.rng_state)
+            self.history = [row for row in saved.history if row["epoch"] <= saved.epoch]
+        except checkpoint.CheckpointError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:   # a well-formed file whose contents do not fit
+            raise checkpoint.CheckpointError(f"checkpoint {self.ckpt_path}: unusable contents "
+                                             f"({type(e).__name__}: {e})") from None
         self.start_epoch, self.global_step = saved.epoch + 1, saved.step
 
     def _announce(self, saved):

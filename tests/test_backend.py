@@ -61,7 +61,7 @@ def test_env_var_is_the_default(monkeypatch):
     assert backend.get_device() == backend.CPU
 
 
-@pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cuda:-1", ""])
+@pytest.mark.parametrize("bad", ["tpu", "cuda:x", "cuda:-1", "", "gpux", "cudax"])
 def test_unknown_device_names(bad):
     with pytest.raises(ValueError, match="device"):
         backend.get_device(bad)

@@ -157,6 +157,31 @@ def test_missing_metadata_key(tmp_path):
         checkpoint.load(path)
 
 
+@pytest.mark.parametrize("meta_text", ['"5"', "[1, 2]", '"model_name epoch step"'])
+def test_metadata_that_is_not_an_object(tmp_path, meta_text):
+    model, opt = trained_lenet(1)
+    path = save_lenet(tmp_path / "c.npz", model, opt)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["__meta__"] = np.array(meta_text)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=r"c\.npz: corrupt metadata, expected a JSON object"):
+        checkpoint.load(path)
+
+
+def test_malformed_optimizer_skeleton(tmp_path):
+    model, opt = trained_lenet(1)
+    path = save_lenet(tmp_path / "c.npz", model, opt)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    meta["optim"] = {"__items__": 5}
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match=r"c\.npz: corrupt optimizer state"):
+        checkpoint.load(path)
+
+
 def test_other_models_checkpoint_does_not_load(tmp_path):
     backend.seed(0)
     other = models.simple_convnet(in_channels=1, input_size=28, num_classes=10)

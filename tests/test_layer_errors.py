@@ -54,7 +54,8 @@ INPUT_CASES = [
      ["Conv2D(1, 2", "4-D input (N, 1, H, W)", "(1, 28, 28)"]),
     ("conv too small", _fwd(L.Conv2D(1, 2, (3, 5), padding=1), np.zeros((2, 1, 6, 2), np.float32)), ValueError,
      ["Conv2D(1, 2", "kernel 3x5", "padding 1,1", "(2, 1, 6, 2)"]),
-    ("conv uint8", _fwd(L.Conv2D(1, 2, 3), X4.astype(np.uint8)), TypeError, ["Conv2D(1, 2", "floating", "uint8"]),
+    ("conv uint8", _fwd(L.Conv2D(1, 2, 3), X4.astype(np.uint8)), TypeError, ["Conv2D(1, 2", "float32 or float64", "uint8"]),
+    ("maxpool float16", _fwd(L.MaxPool2D(2), X4.astype(np.float16)), TypeError, ["MaxPool2D(", "float32 or float64", "float16"]),
     ("conv int64", _fwd(L.Conv2D(1, 2, 3), X4.astype(np.int64)), TypeError, ["Conv2D(1, 2", "int64"]),
     ("conv float64 into float32", _fwd(L.Conv2D(1, 2, 3), X4.astype(np.float64)), TypeError,
      ["Conv2D(1, 2", "expected float32", "got float64"]),
@@ -73,7 +74,7 @@ INPUT_CASES = [
     ("bn batch of one", _fwd(L.BatchNorm1D(4), np.zeros((1, 4), np.float32)), ValueError,
      ["BatchNorm1D(4", "more than 1 value per channel", "(1, 4)"]),
     ("lrn ndim", _fwd(L.LRN(), np.zeros((2, 5), np.float32)), ValueError, ["LRN(size=5", "4-D", "(2, 5)"]),
-    ("relu int", _fwd(L.ReLU(), np.zeros(3, np.int16)), TypeError, ["ReLU()", "floating", "int16"]),
+    ("relu int", _fwd(L.ReLU(), np.zeros(3, np.int16)), TypeError, ["ReLU()", "float32 or float64", "int16"]),
     ("dropout uint8", _fwd(L.Dropout(), np.zeros(3, np.uint8)), TypeError, ["Dropout(p=0.5)", "uint8"]),
     ("flatten 0-d", _fwd(L.Flatten(), np.float32(1.0) * np.ones((), np.float32)), ValueError, ["Flatten()", "()"]),
 ]
@@ -131,13 +132,51 @@ def test_loss_logits_and_labels_on_different_devices():
         L.SoftmaxCrossEntropy().forward(LOGITS, labels)
 
 
-def test_label_range_not_checked_on_device_without_sync():
-    """On a GPU the range check would cost a host sync per step: it is skipped there (documented)."""
-    logits = backend.to_device(LOGITS, "emulated")
-    labels = backend.to_device(np.array([0, 1, 7, 2]), "emulated")
+SCORES = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("bad", [7, 3, -1])
+def test_out_of_range_labels_on_a_device_poison_the_loss_without_a_sync(bad):
+    """On a GPU a range check would cost a host sync per step: there a bad label makes the loss and its
+    sample's gradient NaN instead of silently dropping out; the other samples' gradients are untouched."""
+    layer = L.SoftmaxCrossEntropy()
+    logits = backend.to_device(SCORES, "emulated")
     backend.transfer_stats.reset()
-    L.SoftmaxCrossEntropy().forward(logits, labels)
+    loss = layer.forward(logits, backend.to_device(np.array([0, 1, bad, 2]), "emulated"))
+    grad = layer.backward()
     assert backend.transfer_stats.device_to_host == 0
+    loss, grad = backend.to_cpu(loss), backend.to_cpu(grad)
+    assert np.isnan(loss)
+    assert np.isnan(grad[2]).any()
+    good = L.SoftmaxCrossEntropy()
+    good.forward(SCORES, np.array([0, 1, 1, 2]))
+    np.testing.assert_array_equal(grad[[0, 1, 3]], good.backward()[[0, 1, 3]])
+
+
+def test_loss_on_a_device_with_good_labels_equals_the_cpu():
+    labels = np.array([0, 1, 1, 2])
+    cpu, dev = L.SoftmaxCrossEntropy(), L.SoftmaxCrossEntropy()
+    want = cpu.forward(SCORES, labels)
+    got = dev.forward(backend.to_device(SCORES, "emulated"), backend.to_device(labels, "emulated"))
+    assert backend.to_cpu(got) == want and want.dtype == SCORES.dtype
+    np.testing.assert_array_equal(backend.to_cpu(dev.backward()), cpu.backward())
+
+
+def test_loss_is_a_layer_without_parameters():
+    layer = L.SoftmaxCrossEntropy()
+    assert isinstance(layer, L.Layer) and layer.params == layer.grads == {} and layer.to("emulated") is layer
+
+
+@pytest.mark.parametrize("make", [lambda: L.AvgPool2D(2), lambda: L.Flatten(), lambda: L.Dropout(0.0),
+                                  lambda: L.ReLU(), lambda: L.MaxPool2D(2)])
+@pytest.mark.parametrize("forward_on", ["cpu", "emulated"])
+def test_dout_on_another_device_than_the_forward_pass(make, forward_on):
+    layer = make()
+    y = layer.forward(backend.to_device(np.ones((1, 1, 4, 4), np.float32), forward_on))
+    other = "emulated" if forward_on == "cpu" else "cpu"
+    with pytest.raises(backend.DeviceMismatchError, match=rf"{type(layer).__name__}.*dout is on {other} but the "
+                                                         rf"forward pass ran on {forward_on}"):
+        layer.backward(backend.to_device(np.ones(y.shape, np.float32), other))
 
 
 def test_backward_before_forward_and_wrong_dout_shape():

@@ -60,8 +60,6 @@ def test_names_order_and_identity():
 
 def test_first_layer_skips_input_gradient(monkeypatch):
     model = Sequential(L.Conv2D(1, 2, 3), L.ReLU(), L.Conv2D(2, 2, 3))
-    assert model[0].need_input_grad is False
-    assert all(layer.need_input_grad for layer in model[1:])
     calls = []
     real = ops.col2im
     monkeypatch.setattr(ops, "col2im", lambda *a: calls.append(a[1]) or real(*a))
@@ -69,6 +67,11 @@ def test_first_layer_skips_input_gradient(monkeypatch):
     assert model.backward(np.ones_like(y)) is None
     assert calls == [(2, 2, 4, 4)], "only the second conv computes an input gradient"
     assert model[0].grads["W"].any()
+    # the layer itself is unchanged: used on its own it still returns its input gradient
+    assert all(layer.need_input_grad for layer in model)
+    first = model[0]
+    x = np.ones((2, 1, 6, 6), np.float32)
+    assert first.backward(np.ones_like(first.forward(x))).shape == x.shape
 
 
 def test_containers_repr_and_summary():

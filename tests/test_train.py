@@ -129,6 +129,21 @@ def test_resume_refuses_other_run_settings_and_missing_checkpoint(data_dir, tmp_
         run(config(data_dir, tmp_path / "empty", resume=True))
 
 
+@pytest.mark.parametrize("field,value", [("rng_state", {"bad": 1}), ("history", [{"no epoch": 1}]),
+                                         ("history", ["not a row"])])
+def test_resume_from_well_formed_file_with_unusable_contents_names_it(data_dir, tmp_path, field, value):
+    run(config(data_dir, tmp_path / "r", epochs=1))
+    path = tmp_path / "r" / "checkpoint.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    meta[field] = value
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    with pytest.raises(checkpoint.CheckpointError, match=r"r.checkpoint\.npz: unusable contents"):
+        run(config(data_dir, tmp_path / "r", epochs=2, resume=True))
+
+
 class PoisonedLoader:
     """Wraps the training loader: puts a NaN into the input of the given (epoch, batch index) pairs."""
 
