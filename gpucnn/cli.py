@@ -42,6 +42,15 @@ def _user_errors() -> tuple:
 
 # ----------------------------------------------------------------------------------------------- parser
 
+def _model_name(text):
+    """A model name in any spelling models.get takes ('LeNet-5'); unknown ones are left for argparse's choices."""
+    from . import models
+    try:
+        return models.canonical_name(text)
+    except ValueError:
+        return text
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import models, optim
     from .train import NONFINITE_MODES, TrainConfig
@@ -52,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (defaults: LeNet-5 on Fashion-MNIST)",
                        description="Train a model; --resume continues the run in --out from its checkpoint.")
-    t.add_argument("--model", choices=models.names(), help=f"model (default {d.model})")
+    t.add_argument("--model", type=_model_name, choices=models.names(), help=f"model (default {d.model})")
     t.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
     t.add_argument("--data-dir", help="directory holding the dataset files (default: the dataset's standard "
                                       "locations)")
@@ -95,7 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="images per second of training and inference steps",
                        description="Time training steps (forward, backward, SGD-momentum update) and inference on random "
                                    "data already on the device, after a warm-up; CUDA events on a GPU.")
-    b.add_argument("--model", choices=models.names(), default="lenet5", help="model (default lenet5)")
+    b.add_argument("--model", type=_model_name, choices=models.names(), default="lenet5",
+                   help="model (default lenet5)")
     b.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     b.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
     b.add_argument("--input-shape", metavar="CxHxW",
@@ -256,16 +266,23 @@ def _cmd_models(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time of each record (tests swap it)."""
+class _ConsoleHandler(logging.StreamHandler):
+    """Notes (INFO) go to stdout with the run's other output, warnings and worse to stderr, so that stderr
+    holds nothing but the one error line when a command fails; the stream is looked up at each record
+    (tests swap sys.stdout and sys.stderr)."""
 
     def __init__(self):
         super().__init__()
         self.setFormatter(logging.Formatter("gpucnn: %(message)s"))
+        self._record_level = logging.INFO
+
+    def emit(self, record):
+        self._record_level = record.levelno
+        super().emit(record)
 
     @property
     def stream(self):
-        return sys.stderr
+        return sys.stdout if self._record_level < logging.WARNING else sys.stderr
 
     @stream.setter
     def stream(self, value):
@@ -273,11 +290,11 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _setup_logging():
-    """The "gpucnn" logger at INFO on stderr, so notes like the CPU fallback are seen."""
+    """The "gpucnn" logger at INFO on the console, so notes like the CPU fallback are seen."""
     logger = logging.getLogger("gpucnn")
     logger.setLevel(logging.INFO)
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
 
 
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench, "info": _cmd_info,

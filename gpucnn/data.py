@@ -422,13 +422,20 @@ def load_dataset(name: str, split: str = "train", data_dir=None, download: bool 
     if split not in ("train", "test"):
         raise DatasetError(f"{spec.name}: unknown split {split!r}: expected 'train' or 'test'")
     places = search_places(spec.name, data_dir)
+    dest = (Path(data_dir).expanduser() if data_dir is not None else cache_dir()) / spec.name
+    other = "test" if split == "train" else "train"
     for folder, _ in places:
         found = _find_in(spec, folder, split)
         if found:
             return _dataset(spec, split, found)
+        if _find_in(spec, folder, other):   # half a dataset: taking the split from elsewhere would mix copies
+            if download and folder == dest:
+                break                       # a download in progress: fetch this split there too
+            raise DatasetError(f"{folder}: holds the {other} split of {spec.name} but not the {split} split "
+                               f"({', '.join(_download_names(spec, split))}, gzipped or not); add those files "
+                               f"or remove the folder")
     failures = []
     if download:
-        dest = (Path(data_dir).expanduser() if data_dir is not None else cache_dir()) / spec.name
         try:
             fetch(spec.name, split, dest, mirror=mirror, progress=progress, timeout=timeout)
         except _DownloadFailed as e:

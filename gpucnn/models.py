@@ -221,11 +221,13 @@ def names() -> list[str]:
 
 
 def canonical_name(name: str) -> str:
-    """The registry spelling of a model name ('LeNet5' -> 'lenet5'); ValueError listing the names if unknown."""
-    key = str(name).strip().lower().replace("-", "_")
-    if key not in MODELS:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
-    return key
+    """The registry spelling of a model name ('LeNet-5' -> 'lenet5', 'SimpleConvNet' -> 'simple_convnet');
+    ValueError listing the names if unknown."""
+    squeeze = lambda s: str(s).strip().lower().replace("-", "").replace("_", "")
+    for key in MODELS:
+        if squeeze(key) == squeeze(name):
+            return key
+    raise ValueError(f"unknown model {name!r}: expected one of {', '.join(MODELS)}")
 
 
 def get(name: str, **kwargs):

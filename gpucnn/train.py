@@ -270,6 +270,8 @@ def _loaders(cfg: TrainConfig, device):
     train_loader = data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
                                    normalize=True, augment=augmentations(cfg.augment, train_set.name),
                                    device=device, drop_last=False, limit=cfg.limit_train)
+    # A last batch of one sample has no batch statistics (BatchNorm refuses it): it is left out of training.
+    train_loader.drop_last = train_loader.num_examples % cfg.batch_size == 1 and train_loader.num_examples > 1
     test_loader = data.DataLoader(test_set, batch_size=max(cfg.batch_size, 256), shuffle=False, seed=cfg.seed,
                                   normalize=True, augment=False, device=device, drop_last=False,
                                   limit=cfg.limit_test)
@@ -294,8 +296,9 @@ def train(config: TrainConfig, log=print) -> dict:
     last_plot = start
     result = (None, None, None)
     for epoch in range(run.start_epoch, run.config.epochs + 1):
-        train_stats = run.train_epoch(epoch)
-        result = evaluate(run.model, run.test_loader, run.loss_layer)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # NaN/inf are caught and
+            train_stats = run.train_epoch(epoch)                               # reported by the fault check
+            result = evaluate(run.model, run.test_loader, run.loss_layer)
         run.end_epoch(epoch, train_stats, result)
         if time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < run.config.epochs:
             _pictures(run, log)

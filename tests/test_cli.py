@@ -38,9 +38,8 @@ def tiny_train_args(data_dir, out, *extra):
 def assert_one_error_line(stderr, pattern):
     lines = stderr.strip().splitlines()
     assert "Traceback" not in stderr
-    errors = [line for line in lines if line.startswith("gpucnn: error:")]
-    assert len(errors) == 1, stderr
-    assert re.search(pattern, errors[0]), errors[0]
+    assert len(lines) == 1 and lines[0].startswith("gpucnn: error:"), f"expected one error line, got:\n{stderr}"
+    assert re.search(pattern, lines[0]), lines[0]
     return lines
 
 
@@ -114,10 +113,11 @@ def test_missing_data(data_dir, tmp_path, capsys, monkeypatch):
     assert len(lines) == 1
 
 
-def test_numerical_fault_is_a_user_error(data_dir, tmp_path, capsys):
-    args = tiny_train_args(data_dir, tmp_path / "out", "--optimizer", "sgd", "--lr", "1e30")
-    assert cli.main(args) == 2
-    assert_one_error_line(capsys.readouterr().err, r"non-finite loss or gradient .* at epoch 1, step \d+.*--lr")
+def test_numerical_fault_is_a_user_error(data_dir, tmp_path):
+    """In a subprocess, so that numpy's overflow warnings would show on stderr too."""
+    p = gpucnn_cmd(*tiny_train_args(data_dir, tmp_path / "out", "--optimizer", "sgd", "--lr", "1e30"), cwd=tmp_path)
+    assert p.returncode == 2
+    assert_one_error_line(p.stderr, r"non-finite loss or gradient .* at epoch 1, step \d+.*--lr")
 
 
 def test_bad_checkpoints(data_dir, tmp_path, capsys):
@@ -142,6 +142,22 @@ def test_errors_in_a_subprocess_have_no_traceback(data_dir, tmp_path):
         lines = assert_one_error_line(p.stderr, pattern)
         assert len(lines) == 1, p.stderr
         assert p.stdout == ""
+
+
+def test_default_device_error_run_has_one_line_on_stderr(tmp_path):
+    """With the default device, a note may say the CPU is used (cupy installed without a GPU, as in CI): it
+    goes to stdout, so a failing command's stderr is still its one error line."""
+    p = gpucnn_cmd("train", "--dataset", "mnist", "--data-dir", tmp_path, "--no-download", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert len(assert_one_error_line(p.stderr, r"mnist \(train split\) not found")) == 1
+    assert p.stderr.count("\n") == 1, p.stderr
+    assert "error" not in p.stdout
+
+
+def test_model_names_in_any_spelling():
+    args = cli._build_parser().parse_args(["train", "--model", "LeNet-5"])
+    assert args.model == "lenet5"
+    assert cli._build_parser().parse_args(["bench", "--model", "SimpleConvNet"]).model == "simple_convnet"
 
 
 def test_internal_errors_keep_their_traceback(monkeypatch):

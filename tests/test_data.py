@@ -332,6 +332,16 @@ def test_lookup_needs_both_files_of_the_split(tmp_path):
     assert len(data.load_dataset("mnist", "train", data_dir=tmp_path / "a", download=False)) == 7
 
 
+def test_half_a_dataset_is_an_error_not_mixed_with_another_copy(tmp_path):
+    """A folder with only the train split must not be paired with the test split of another copy."""
+    write_mnist(tmp_path / "a", split="train", n=3)
+    write_mnist(tmp_path / "home" / ".cache" / "gpucnn" / "mnist", split="test", n=7)
+    assert len(data.load_dataset("mnist", "train", data_dir=tmp_path / "a", download=False)) == 3
+    with pytest.raises(DatasetError, match=r"a: holds the train split of mnist but not the test split "
+                                           r"\(t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz"):
+        data.load_dataset("mnist", "test", data_dir=tmp_path / "a", download=False)
+
+
 def test_corrupt_file_found_is_an_error_not_skipped(tmp_path):
     write_mnist(tmp_path / "home" / ".cache" / "gpucnn" / "mnist", n=7)
     imgs = tmp_path / "a" / "t10k-images-idx3-ubyte.gz"

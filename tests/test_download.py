@@ -128,6 +128,20 @@ def test_download_into_data_dir_quietly(server, monkeypatch, tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.parametrize("data_dir", [None, "dd"])
+def test_train_then_test_split_download_into_one_folder(server, monkeypatch, tmp_path, data_dir):
+    """The trainer's order: the train split is fetched, then the test split joins it in the same folder."""
+    _, _, test_blobs = mnist_files(3)
+    _, _, train_blobs = mnist_files(5)
+    train_blobs = {f.replace("t10k", "train"): b for f, b in train_blobs.items()}
+    publish(server, monkeypatch, {**test_blobs, **train_blobs})
+    monkeypatch.setenv("GPUCNN_MIRROR", server.url + "/{name}/")
+    where = tmp_path / data_dir if data_dir else None
+    train = data.load_dataset("mnist", "train", data_dir=where, progress=False, timeout=5)
+    test = data.load_dataset("mnist", "test", data_dir=where, progress=False, timeout=5)
+    assert (len(train), len(test)) == (5, 3) and train.source == test.source
+
+
 def test_wrong_checksum_keeps_nothing(server, monkeypatch, tmp_path):
     _, _, blobs = mnist_files()
     publish(server, monkeypatch, blobs, checksums={FILES[0]: "0" * 64})

@@ -89,3 +89,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="form"):
         models.alexnet(form="huge")
     assert models.canonical_name("Simple-ConvNet") == "simple_convnet"
+    for spelling in ("LeNet-5", "lenet_5", "LENET5"):
+        assert models.canonical_name(spelling) == "lenet5"
+    assert models.canonical_name("SimpleConvNet") == "simple_convnet"
+    with pytest.raises(ValueError, match="unknown model 'lenet'"):
+        models.canonical_name("lenet")

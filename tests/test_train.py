@@ -144,6 +144,14 @@ def test_resume_from_well_formed_file_with_unusable_contents_names_it(data_dir, 
         run(config(data_dir, tmp_path / "r", epochs=2, resume=True))
 
 
+@pytest.mark.parametrize("limit,steps", [(65, 2), (66, 3), (64, 2), (1, 1)])
+def test_a_last_training_batch_of_one_is_left_out(data_dir, tmp_path, limit, steps):
+    """BatchNorm has no statistics for one sample: such a last batch is dropped (unless it is all there is)."""
+    _, train_loader, test_loader = T._loaders(config(data_dir, tmp_path, limit_train=limit, limit_test=33), "cpu")
+    assert len(train_loader) == steps == len(list(train_loader))
+    assert sum(len(x) for x, _ in test_loader) == 33
+
+
 class PoisonedLoader:
     """Wraps the training loader: puts a NaN into the input of the given (epoch, batch index) pairs."""
 
