@@ -84,7 +84,9 @@ class TrainConfig:
     download: bool = True             # download the dataset if it is not found locally
 
     def out_dir(self) -> str:
-        return self.out or os.path.join("runs", f"{models.canonical_name(self.model)}-{self.dataset}")
+        from .data import dataset_spec
+        name = f"{models.canonical_name(self.model)}-{dataset_spec(self.dataset).name}"
+        return self.out or os.path.join("runs", name)
 
 
 def _validate(cfg: TrainConfig):
@@ -124,6 +126,10 @@ def _validate(cfg: TrainConfig):
     models.canonical_name(cfg.model)
     from .data import dataset_spec
     dataset_spec(cfg.dataset)
+    if cfg.out is not None and not str(cfg.out).strip():
+        raise ValueError(f"out must be a folder path, got {cfg.out!r}")
+    if os.path.exists(cfg.out_dir()) and not os.path.isdir(cfg.out_dir()):
+        raise ValueError(f"out {cfg.out_dir()}: exists and is not a folder")
 
 
 # Settings that make a run what it is: a resumed run must keep them. The others (epochs, lr, clip,

@@ -261,6 +261,19 @@ def test_bad_settings_are_refused_before_anything_runs(data_dir, tmp_path, field
     assert not (tmp_path / "r").exists()
 
 
+def test_out_must_be_a_folder_path(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="out must be a folder path, got ''"):
+        run(config(data_dir, "", epochs=1))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match=r"out .*afile: exists and is not a folder"):
+        run(config(data_dir, afile, epochs=1))
+
+
+def test_default_out_dir_uses_canonical_names():
+    assert TrainConfig(model="LeNet-5", dataset="fmnist").out_dir() == os.path.join("runs", "lenet5-fashion-mnist")
+
+
 @pytest.mark.skipif(not (FASHION / "train-images-idx3-ubyte.gz").exists(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 def test_real_fashion_mnist_short_run(tmp_path):
