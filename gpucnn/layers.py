@@ -49,7 +49,7 @@ def _int_arg(value, what, owner, minimum):
 
 def _pair_arg(value, what, owner, minimum):
     """An int or an (h, w) pair of ints, each >= minimum, as a tuple."""
-    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    pair = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else (value, value)
     ok = len(pair) == 2 and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= minimum
                                 for v in pair)
     if not ok:
@@ -212,6 +212,8 @@ class Conv2D(Layer):
         dtype = _dtype_arg(dtype, name)
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         self._add_param("W", initialise(_init_arg(init, name), shape, dtype))
+        if not isinstance(bias, (bool, np.bool_)):
+            raise ValueError(f"{name}: bias must be True or False, got {bias!r}")
         if bias:
             self._add_param("b", zeros((self.out_channels,), dtype))
 

@@ -389,7 +389,7 @@ class _Run:
             shape = "x".join(str(s) for s in self.train_set.images.shape[1:])
             self.log(f"training {self.model_name} ({self.model.num_params():,} parameters) on {self.train_set.name} "
                      f"({self.train_loader.num_examples} train / {self.test_loader.num_examples} test images "
-                     f"{shape}) on {self.device}: {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, weight decay "
+                     f"{shape} from {self.train_set.source}) on {self.device}: {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, weight decay "
                      f"{weight_decay_for(cfg):g}, batch "
                      f"{cfg.batch_size}, {cfg.epochs} epochs -> {self.out}")
 

@@ -31,6 +31,7 @@ CONSTRUCTOR_CASES = [
     ("dropout p=1", lambda: L.Dropout(1.0), ValueError, ["Dropout", "[0.0, 1.0)", "1.0"]),
     ("dropout p<0", lambda: L.Dropout(-0.1), ValueError, ["Dropout", "p", "-0.1"]),
     ("dropout p=1.5", lambda: L.Dropout(1.5), ValueError, ["Dropout", "1.5"]),
+    ("conv bias string", lambda: L.Conv2D(1, 2, 3, bias="no"), ValueError, ["Conv2D", "bias must be True or False", "'no'"]),
     ("bn channels 0", lambda: L.BatchNorm2D(0), ValueError, ["BatchNorm2D", "num_features", "got 0"]),
     ("bn eps 0", lambda: L.BatchNorm1D(3, eps=0), ValueError, ["BatchNorm1D", "eps", "0"]),
     ("bn momentum", lambda: L.BatchNorm1D(3, momentum=1.5), ValueError, ["BatchNorm1D", "momentum", "1.5"]),
