@@ -1,5 +1,7 @@
-"""A tiny learnable stand-in for MNIST written as idx files, so training tests run in seconds without data."""
+"""Files the tests write: a tiny learnable stand-in for MNIST as idx files (training tests run in seconds
+without data), and checkpoints rewritten with chosen defects."""
 import gzip
+import json
 import struct
 
 import numpy as np
@@ -21,3 +23,16 @@ def write_idx_dataset(folder, n_train=256, n_test=128, size=16, seed=0):
         with gzip.open(f"{folder}/{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">II", 0x801, n) + labels.tobytes())
     return str(folder)
+
+
+def rewrite_checkpoint(path, edit_meta=None, **arrays):
+    """Rewrite a checkpoint .npz with some of its arrays replaced and/or its JSON metadata edited in place by
+    edit_meta(meta)."""
+    with np.load(path) as z:
+        content = {k: z[k] for k in z.files}
+    if edit_meta is not None:
+        meta = json.loads(str(content["__meta__"]))
+        edit_meta(meta)
+        content["__meta__"] = np.array(json.dumps(meta))
+    content.update(arrays)
+    np.savez(path, **content)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _synth import write_idx_dataset
+from _synth import rewrite_checkpoint, write_idx_dataset
 from gpucnn import backend, checkpoint
 from gpucnn import train as T
 from gpucnn.train import NumericalFaultError, TrainConfig, evaluate, train
@@ -133,13 +133,7 @@ def test_resume_refuses_other_run_settings_and_missing_checkpoint(data_dir, tmp_
                                          ("history", ["not a row"])])
 def test_resume_from_well_formed_file_with_unusable_contents_names_it(data_dir, tmp_path, field, value):
     run(config(data_dir, tmp_path / "r", epochs=1))
-    path = tmp_path / "r" / "checkpoint.npz"
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays["__meta__"]))
-    meta[field] = value
-    arrays["__meta__"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
+    rewrite_checkpoint(tmp_path / "r" / "checkpoint.npz", lambda meta: meta.update({field: value}))
     with pytest.raises(checkpoint.CheckpointError, match=r"r.checkpoint\.npz: unusable contents"):
         run(config(data_dir, tmp_path / "r", epochs=2, resume=True))
 
