@@ -273,16 +273,15 @@ class Conv2D(Layer):
                 xp.add(xp.matmul(wk, col.T).reshape(o, m, p).transpose(1, 0, 2), b, out=y[s:s + m])
             else:         # few filters: BLAS is faster with the long dimension first
                 xp.add(xp.matmul(col, wk.T).reshape(m, p, o).transpose(0, 2, 1), b, out=y[s:s + m])
-        return self._save((x, col if (train and chunk >= n) else None), y.reshape(n, o, oh, ow))
+        return self._save((x, col if (train and chunk >= n) else None, wk), y.reshape(n, o, oh, ow))
 
     def backward(self, dout):
-        x, cached_col = self._saved(dout)
+        x, cached_col, wk = self._saved(dout)   # wk: the weight rows the forward pass used
         xp = self._xp(dout, x, *self.params.values())
         n, c, h, w = x.shape
         _, o, oh, ow = dout.shape
         kh, kw = self.kernel_size
         p = oh * ow
-        wk = self._weight_rows(xp)
         d = xp.ascontiguousarray(dout.reshape(n, o, p).transpose(1, 0, 2)).reshape(o, n * p)
         chunk = n if cached_col is not None else self.chunk_size(x.shape, x.dtype)
         dwk = None
@@ -304,7 +303,7 @@ class Conv2D(Layer):
                     dx = dxs
                 else:
                     dx[s:s + m] = dxs
-        self._cache = (x, None)   # the cached columns now hold their gradient; another backward recomputes
+        self._cache = (x, None, wk)   # the cached columns now hold their gradient; another backward recomputes
         self._set_grad("W", dwk.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
         if "b" in self.params:
             self._set_grad("b", d.sum(axis=1))

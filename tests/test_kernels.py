@@ -26,6 +26,7 @@ CASES = [
     (2, 3, 3, 3, 2, 2, 1, 1, 1, 1),     # tiny input, every window padded
     (1, 2, 3, 4, 2, 2, 1, 2, 2, 1),     # padding wider than the kernel: windows entirely in padding
     (2, 17, 6, 5, 3, 2, 1, 2, 1, 1),    # many channels (the CPU twin's other col2im path)
+    (2, 3, 6, 8, 3, 2, 3, 2, 0, 0),     # windows tile the input exactly (max-pool backward writes every pixel once)
 ]
 IDS = ["x".join(map(str, c)) for c in CASES]
 LAUNCHES = {"default": None, "one-block-of-32": ((1,), (32,)), "oversized": ((997,), (64,)),
