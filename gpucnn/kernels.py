@@ -172,14 +172,12 @@ def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
     fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
 
 
-def _image_shape(shape, what: str) -> tuple[int, int, int, int]:
+def _geometry(what, shape, kh, kw, sh, sw, ph, pw):
+    """(n, c, h, w, oh, ow) of an (N, C, H, W) `shape` under a window, after checking both; raises ValueError
+    naming the operation."""
     if len(shape) != 4:
         raise ValueError(f"{what}: expected an (N, C, H, W) shape, got {tuple(shape)}")
-    return tuple(int(s) for s in shape)
-
-
-def _geometry(what, h, w, kh, kw, sh, sw, ph, pw):
-    """(oh, ow) after checking the window parameters; raises ValueError naming the operation."""
+    n, c, h, w = (int(s) for s in shape)
     if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
         raise ValueError(f"{what}: kernel {kh}x{kw} and stride {sh}x{sw} must be >= 1 and padding "
                          f"{ph}x{pw} >= 0")
@@ -188,7 +186,7 @@ def _geometry(what, h, w, kh, kw, sh, sw, ph, pw):
         raise ValueError(f"{what}: a {kh}x{kw} window with padding {ph}x{pw} does not fit a {h}x{w} input")
     if max(h * w, oh * ow, h + 2 * ph, w + 2 * pw, kh * kw) > _INT32_MAX:
         raise ValueError(f"{what}: a {h}x{w} image plane is too large for the kernels (int32 per-plane indices)")
-    return oh, ow
+    return n, c, h, w, oh, ow
 
 
 def _check_float(what, *arrays):
@@ -203,8 +201,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
     The kernel reads x in place (NCHW) and writes the channels-last columns: no transpose on the device.
     """
     _check_float("im2col", x)
-    n, c, h, w = _image_shape(x.shape, "im2col")
-    oh, ow = _geometry("im2col", h, w, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, oh, ow = _geometry("im2col", x.shape, kh, kw, sh, sw, ph, pw)
     xp = backend.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
@@ -219,11 +216,10 @@ def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
     The kernel gathers each NCHW pixel from the channels-last columns: no transpose on the device.
     """
     _check_float("col2im", col)
-    n, c, h, w = _image_shape(x_shape, "col2im")
     if col.ndim != 6:
         raise ValueError(f"col2im: expected columns (N, out_h, out_w, kh, kw, C), got shape {col.shape}")
     kh, kw = int(col.shape[3]), int(col.shape[4])
-    oh, ow = _geometry("col2im", h, w, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, oh, ow = _geometry("col2im", x_shape, kh, kw, sh, sw, ph, pw)
     if tuple(col.shape) != (n, oh, ow, kh, kw, c):
         raise ValueError(f"col2im: columns of shape {col.shape} do not match image {tuple(x_shape)} with "
                          f"stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, oh, ow, kh, kw, c)})")
@@ -238,8 +234,7 @@ def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
     """Max over each window -> (y, argmax int32 offset i*kw+j); see ops.maxpool_forward."""
     _check_float("maxpool_forward", x)
-    n, c, h, w = _image_shape(x.shape, "maxpool_forward")
-    oh, ow = _geometry("maxpool_forward", h, w, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, oh, ow = _geometry("maxpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
     xp = backend.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
@@ -251,8 +246,7 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
 
 
 def _check_pooled(what, dy, x_shape, kh, kw, sh, sw, ph, pw):
-    n, c, h, w = _image_shape(x_shape, what)
-    oh, ow = _geometry(what, h, w, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, oh, ow = _geometry(what, x_shape, kh, kw, sh, sw, ph, pw)
     if tuple(dy.shape) != (n, c, oh, ow):
         raise ValueError(f"{what}: gradient of shape {dy.shape} does not match input {tuple(x_shape)} pooled "
                          f"{kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, c, oh, ow)})")
@@ -278,8 +272,7 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
     """Mean over each window, padding counted as zeros; see ops.avgpool_forward."""
     _check_float("avgpool_forward", x)
-    n, c, h, w = _image_shape(x.shape, "avgpool_forward")
-    oh, ow = _geometry("avgpool_forward", h, w, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, oh, ow = _geometry("avgpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
     xp = backend.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
