@@ -47,6 +47,19 @@ def run_ours(layer, x, dout):
     return y, dx
 
 
+def against_torch(layer, x, torch_fn, rng, train=True):
+    """Forward and backward of `layer` and of torch_fn(x as a leaf) with one random dout: y and dx must agree.
+    Leaves torch_fn closes over (weights) get their gradients too."""
+    xt = leaf(x)
+    yt = torch_fn(xt)
+    dout = randn(rng, *yt.shape)
+    yt.backward(torch.tensor(dout))
+    y = layer.forward(x, train=train)
+    dx = layer.backward(dout)
+    assert_close(y, yt, "y")
+    assert_close(dx, xt.grad, "dx")
+
+
 # ----------------------------------------------------------------------------------------- Conv2D
 
 def conv_cases():
@@ -80,14 +93,9 @@ def test_conv2d_matches_torch(case):
     if bias:
         layer.params["b"][...] = randn(rng, cout)
     x = randn(rng, n, cin, h, w)
-    xt, wt = leaf(x), leaf(layer.params["W"].copy())
+    wt = leaf(layer.params["W"].copy())
     bt = leaf(layer.params["b"].copy()) if bias else None
-    yt = F.conv2d(xt, wt, bt, stride=s, padding=p)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(layer, x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(layer, x, lambda xt: F.conv2d(xt, wt, bt, stride=s, padding=p), rng)
     assert_close(layer.grads["W"], wt.grad, "dW")
     if bias:
         assert_close(layer.grads["b"], bt.grad, "db")
@@ -124,14 +132,8 @@ def test_pool_matches_torch(kind, case):
     rng = case_rng((kind, case))
     layer = (L.MaxPool2D if kind == "max" else L.AvgPool2D)(k, stride=stride, padding=p)
     x = randn(rng, n, c, h, w)
-    xt = leaf(x)
     fn = F.max_pool2d if kind == "max" else F.avg_pool2d
-    yt = fn(xt, k, stride=stride, padding=p)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(layer, x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(layer, x, lambda xt: fn(xt, k, stride=stride, padding=p), rng)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -139,14 +141,7 @@ def test_maxpool_ties_match_torch(seed):
     """Inputs from {0, 1, 2}: many tied maxima; the gradient must go where PyTorch sends it."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 3, size=(2, 3, 7, 6)).astype(np.float32)
-    layer = L.MaxPool2D(3, stride=2, padding=1)
-    xt = leaf(x)
-    yt = F.max_pool2d(xt, 3, stride=2, padding=1)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(layer, x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(L.MaxPool2D(3, stride=2, padding=1), x, lambda xt: F.max_pool2d(xt, 3, stride=2, padding=1), rng)
 
 
 # ----------------------------------------------------------------------------------------- affine
@@ -169,13 +164,8 @@ def test_affine_matches_torch(case):
     layer = L.Affine(fin, out, init="xavier")
     layer.params["b"][...] = randn(rng, out)
     x = randn(rng, *shape)
-    xt, wt, bt = leaf(x), leaf(layer.params["W"].T.copy()), leaf(layer.params["b"].copy())
-    yt = F.linear(xt.reshape(shape[0], -1), wt, bt)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(layer, x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    wt, bt = leaf(layer.params["W"].T.copy()), leaf(layer.params["b"].copy())
+    against_torch(layer, x, lambda xt: F.linear(xt.reshape(shape[0], -1), wt, bt), rng)
     assert_close(layer.grads["W"], wt.grad.T, "dW")
     assert_close(layer.grads["b"], bt.grad, "db")
 
@@ -204,14 +194,7 @@ def test_elementwise_matches_torch(pair, seed):
         x.flat[::3] = 0.0  # the kink: PyTorch's gradient convention at exactly 0
     if seed == 1:
         x.flat[::2] *= 30  # saturation / overflow region
-    xt = leaf(x)
-    yt = fn(xt)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y = layer.forward(x, train=False)
-    dx = layer.backward(dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(layer, x, fn, rng, train=False)
 
 
 # ----------------------------------------------------------------------------------------- batch norm
@@ -296,25 +279,13 @@ def test_lrn_matches_torch(case):
     alpha, beta, k = float(rng.uniform(0.2, 2.0)), float(rng.uniform(0.5, 1.0)), float(rng.uniform(0.5, 2.0))
     layer = L.LRN(size, alpha=alpha, beta=beta, k=k)
     x = randn(rng, int(rng.integers(1, 4)), c, int(rng.integers(1, 5)), int(rng.integers(1, 5))) * 2
-    xt = leaf(x)
-    yt = F.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(layer, x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(layer, x, lambda xt: F.local_response_norm(xt, size, alpha=alpha, beta=beta, k=k), rng)
 
 
 def test_lrn_defaults_match_torch_alexnet_settings():
     rng = np.random.default_rng(0)
     x = randn(rng, 2, 8, 3, 3) * 20
-    xt = leaf(x)
-    yt = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(xt)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y, dx = run_ours(L.LRN(), x, dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
+    against_torch(L.LRN(), x, torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0), rng)
 
 
 # ----------------------------------------------------------------------------------------- dropout
