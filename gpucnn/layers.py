@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-from . import ops
+from . import ops, winograd
 from .backend import (DeviceMismatchError, device_of, get_array_module, get_device, random_uniform,
                       to_device)
 from .init import INITS, initialise, zeros
@@ -24,6 +24,7 @@ __all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Affine", "ReLU", "Leaky
 # ------------------------------------------------------------------------------------ workspace limit
 
 _workspace_limit = 512 * 2**20
+WINOGRAD_MIN_CHANNELS = 128   # see Conv2D.uses_winograd
 
 
 def set_workspace_limit(nbytes: int):
@@ -198,6 +199,7 @@ class Conv2D(Layer):
 
     The columns of the whole batch are cached for backward when they fit in the workspace limit;
     otherwise the batch is processed in chunks and each chunk's columns are recomputed in backward.
+    3x3 stride-1 layers with many channels take Winograd F(2x2, 3x3) instead (see `uses_winograd`).
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, init="he",
@@ -228,20 +230,40 @@ class Conv2D(Layer):
         oh, ow = self._window_out(shape, self.kernel_size, self.stride, self.padding)
         return (shape[0], self.out_channels, oh, ow)
 
+    def uses_winograd(self, input_shape, dtype=np.float32) -> bool:
+        """Whether this input is convolved by Winograd F(2x2, 3x3) (:mod:`gpucnn.winograd`) rather than im2col:
+        3x3 kernels at stride 1, at least WINOGRAD_MIN_CHANNELS input and output channels (with fewer, the
+        transforms, which grow with in + out channels, cost more than the 2.25x fewer multiplications save,
+        which grow with in x out), and the whole batch's transforms within the workspace limit.
+        A function of shapes only: the same layers take the same path on every device."""
+        if (self.kernel_size, self.stride) != ((3, 3), (1, 1)):
+            return False
+        if min(self.in_channels, self.out_channels) < WINOGRAD_MIN_CHANNELS:
+            return False
+        return self._winograd_bytes(input_shape, dtype) <= _workspace_limit
+
+    def _winograd_bytes(self, input_shape, dtype):
+        """Bytes of the largest Winograd buffer: 16 transformed values per tile, for every sample and channel."""
+        _, _, oh, ow = self.output_shape(input_shape)
+        th, tw = winograd.tiles(oh, ow)
+        return 16 * th * tw * int(input_shape[0]) * max(self.in_channels, self.out_channels) * np.dtype(dtype).itemsize
+
     def sample_bytes(self, input_shape, dtype=np.float32) -> int:
-        """Bytes of one sample's columns, C*kh*kw x out_h*out_w: the largest work buffer per sample (column
-        gradients and the weight-gradient temporaries are at most as large)."""
+        """Bytes of one sample's im2col columns, C*kh*kw x out_h*out_w: the largest work buffer per sample
+        (column gradients and the weight-gradient temporaries are at most as large)."""
         _, _, oh, ow = self.output_shape(input_shape)
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return k * oh * ow * np.dtype(dtype).itemsize
 
     def chunk_size(self, input_shape, dtype=np.float32) -> int:
-        """Samples convolved at once: as many as keep every work buffer within the workspace limit (>= 1)."""
+        """Samples convolved at once by im2col: as many as keep every work buffer within the workspace limit (>= 1)."""
         return max(1, min(int(input_shape[0]), _workspace_limit // self.sample_bytes(input_shape, dtype)))
 
     def column_bytes(self, input_shape, dtype=np.float32) -> int:
-        """Bytes of the largest work buffer (e.g. the im2col columns) a forward/backward of this input makes:
-        within the workspace limit unless a single sample exceeds it."""
+        """Bytes of the largest work buffer (the im2col columns or the Winograd transforms) a forward/backward
+        of this input makes: within the workspace limit unless a single sample's columns exceed it."""
+        if self.uses_winograd(input_shape, dtype):
+            return self._winograd_bytes(input_shape, dtype)
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
@@ -260,6 +282,11 @@ class Conv2D(Layer):
         _, o, oh, ow = self.output_shape(x.shape)
         p = oh * ow
         x = xp.ascontiguousarray(x)
+        if self.uses_winograd(x.shape, x.dtype):
+            u = winograd.filter_transform(self.params["W"])
+            v = winograd.input_transform(x, self.padding)
+            y = winograd.output_transform(xp.matmul(v, u.transpose(0, 2, 1)), n, oh, ow, self.params.get("b"))
+            return self._save((x, v if train else None, u), y)
         wk = self._weight_rows(xp)
         chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, p), dtype=x.dtype)
@@ -276,8 +303,10 @@ class Conv2D(Layer):
         return self._save((x, col if (train and chunk >= n) else None, wk), y.reshape(n, o, oh, ow))
 
     def backward(self, dout):
-        x, cached_col, wk = self._saved(dout)   # wk: the weight rows the forward pass used
+        x, cached_col, wk = self._saved(dout)   # wk: the weight rows (or Winograd filters) the forward pass used
         xp = self._xp(dout, x, *self.params.values())
+        if self.uses_winograd(x.shape, x.dtype):
+            return self._backward_winograd(xp, dout, x, cached_col, wk)
         n, c, h, w = x.shape
         _, o, oh, ow = dout.shape
         kh, kw = self.kernel_size
@@ -308,6 +337,18 @@ class Conv2D(Layer):
         if "b" in self.params:
             self._set_grad("b", d.sum(axis=1))
         return dx
+
+    def _backward_winograd(self, xp, dout, x, v, u):
+        """Both gradients through the Winograd transforms' adjoints; the cached V's buffer takes dV."""
+        v = winograd.input_transform(x, self.padding) if v is None else v
+        dm = winograd.output_gradient_transform(dout)
+        self._set_grad("W", winograd.filter_gradient(xp.matmul(dm.transpose(0, 2, 1), v)))
+        if "b" in self.params:
+            self._set_grad("b", dout.sum(axis=(0, 2, 3)))
+        self._cache = (x, None, u)
+        if not self.need_input_grad:
+            return None
+        return winograd.input_gradient(xp.matmul(dm, u, out=v), x.shape, self.padding)
 
 
 # -------------------------------------------------------------------------------------------- pooling

@@ -228,3 +228,24 @@ def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw):
         for j in range(kw):
             _windows(dxp, i, j, sh, sw, oh, ow)[...] += share
     return dxp[:, :, ph:ph + h, pw:pw + w]
+
+
+# ------------------------------------------------------------------------------------------ copies
+
+_COPY_BLOCK = 256
+
+
+def copy_blocked(out, src):
+    """out[...] = src, for a transposing copy into `out`.
+
+    On the CPU the copy goes a block of out's last axis at a time: when src is strided along that axis,
+    each cache line it loads is then used for a whole block, not evicted first (a plain numpy copy that
+    streams a long strided axis misses the cache on every element: up to 10x slower).
+    """
+    n = out.shape[-1]
+    if is_gpu_array(out) or n <= 2 * _COPY_BLOCK:
+        out[...] = src
+        return out
+    for s in range(0, n, _COPY_BLOCK):
+        out[..., s:s + _COPY_BLOCK] = src[..., s:s + _COPY_BLOCK]
+    return out

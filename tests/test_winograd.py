@@ -1,0 +1,178 @@
+"""Winograd F(2x2, 3x3): the transforms against torch's convolution on odd shapes, Conv2D's choice between
+Winograd and im2col, Conv2D through Winograd against torch and a float64 gradient check, and the same path
+on the emulated GPU (bit-identical to the CPU, no host reads)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpucnn import backend, ops, winograd
+from gpucnn import layers as L
+from test_layers_torch import against_torch, assert_close, case_rng, leaf, randn
+
+# (n, cin, cout, (h, w), (ph, pw)): batch 1, odd and non-square sizes (last tile cut off), no padding,
+# padding wider than the kernel's reach, a 3x3 input with no padding (one output pixel).
+SHAPES = [(1, 3, 2, (8, 8), (1, 1)), (2, 2, 3, (7, 5), (0, 2)), (3, 4, 2, (3, 3), (0, 0)),
+          (2, 3, 4, (6, 9), (2, 1)), (1, 1, 1, (4, 4), (1, 0)), (5, 7, 6, (5, 6), (1, 1)),
+          (2, 5, 3, (1, 1), (1, 1)), (1, 2, 2, (2, 9), (1, 3))]
+
+
+def winograd_conv(x, w, b, padding):
+    """Forward and a backward closure, straight from the module's functions."""
+    n, _, h, wd = x.shape
+    oh, ow = h + 2 * padding[0] - 2, wd + 2 * padding[1] - 2
+    u, v = winograd.filter_transform(w), winograd.input_transform(x, padding)
+    y = winograd.output_transform(np.matmul(v, u.transpose(0, 2, 1)), n, oh, ow, b)
+
+    def backward(dy):
+        dm = winograd.output_gradient_transform(dy)
+        dw = winograd.filter_gradient(np.matmul(dm.transpose(0, 2, 1), v))
+        dx = winograd.input_gradient(np.matmul(dm, u), x.shape, padding)
+        return dx, dw
+    return y, backward
+
+
+@pytest.mark.parametrize("block", [2, ops._COPY_BLOCK])
+@pytest.mark.parametrize("case", SHAPES)
+def test_transforms_match_torch_in_float64(case, block, monkeypatch):
+    monkeypatch.setattr(ops, "_COPY_BLOCK", block)   # 2: the blocked transposing copies take several blocks
+    n, c, o, (h, w), pad = case
+    rng = case_rng(case)
+    x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3)), rng.standard_normal(o)
+    xt, wtt = leaf(x), leaf(wt)
+    yt = F.conv2d(xt, wtt, torch.tensor(b), padding=pad)
+    dy = rng.standard_normal(yt.shape)
+    yt.backward(torch.tensor(dy))
+    y, backward = winograd_conv(x, wt, b, pad)
+    dx, dw = backward(dy)
+    for ours, ref in ((y, yt), (dx, xt.grad), (dw, wtt.grad)):
+        np.testing.assert_allclose(ours, ref.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_copy_blocked_copies_any_transpose(monkeypatch):
+    monkeypatch.setattr(ops, "_COPY_BLOCK", 3)
+    src = np.arange(2 * 3 * 20, dtype=np.float32).reshape(20, 2, 3)
+    out = np.empty((2, 3, 20), np.float32)
+    ops.copy_blocked(out, src.transpose(1, 2, 0))
+    np.testing.assert_array_equal(out, src.transpose(1, 2, 0))
+
+
+@pytest.fixture
+def winograd_for_all(monkeypatch):
+    """Let Conv2D take Winograd with any channel count, so that small layers exercise it."""
+    monkeypatch.setattr(L, "WINOGRAD_MIN_CHANNELS", 1)
+
+
+def test_conv2d_chooses_winograd_only_for_3x3_stride_1_with_many_channels():
+    big = L.WINOGRAD_MIN_CHANNELS
+    shape = (4, big, 8, 8)
+    assert L.Conv2D(big, big, 3, padding=1).uses_winograd(shape)
+    assert L.Conv2D(big, big, 3, padding=0, bias=False).uses_winograd(shape)
+    assert not L.Conv2D(big, big - 1, 3, padding=1).uses_winograd(shape)
+    assert not L.Conv2D(big, big, 3, stride=2).uses_winograd(shape)
+    assert not L.Conv2D(big, big, 5, padding=2).uses_winograd(shape)
+    assert not L.Conv2D(big, big, (3, 1)).uses_winograd(shape)
+    assert not L.Conv2D(big - 1, big, 3).uses_winograd((4, big - 1, 8, 8))
+
+
+def test_conv2d_falls_back_to_im2col_chunks_when_the_transforms_exceed_the_workspace(winograd_for_all,
+                                                                                       monkeypatch):
+    layer = L.Conv2D(3, 4, 3, padding=1)
+    shape = (6, 3, 10, 10)
+    need = 16 * 5 * 5 * 6 * 4 * 4      # 16 values per 2x2 output tile, per sample, per (output) channel, float32
+    assert layer.uses_winograd(shape) and layer.column_bytes(shape) == need
+    monkeypatch.setattr(L, "_workspace_limit", need - 1)
+    assert not layer.uses_winograd(shape)
+    assert layer.column_bytes(shape) <= need - 1
+    rng = np.random.default_rng(3)
+    x = randn(rng, *shape)
+    w, b = leaf(layer.params["W"]), leaf(layer.params["b"])
+    against_torch(layer, x, lambda t: F.conv2d(t, w, b, padding=1), rng)
+
+
+@pytest.mark.parametrize("case", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_through_winograd_matches_torch(case, bias, winograd_for_all):
+    n, c, o, (h, w), pad = case
+    rng = case_rng((case, bias))
+    layer = L.Conv2D(c, o, 3, padding=pad, bias=bias)
+    assert layer.uses_winograd((n, c, h, w))
+    x = randn(rng, n, c, h, w)
+    wt = leaf(layer.params["W"])
+    bt = leaf(layer.params["b"]) if bias else None
+    against_torch(layer, x, lambda t: F.conv2d(t, wt, bt, padding=pad), rng)
+    assert_close(layer.grads["W"], wt.grad, "dW")
+    if bias:
+        assert_close(layer.grads["b"], bt.grad, "db")
+
+
+def test_conv2d_through_winograd_at_alexnet_size_matches_torch():
+    rng = np.random.default_rng(4)
+    c = o = L.WINOGRAD_MIN_CHANNELS
+    layer = L.Conv2D(c, o, 3, padding=1)
+    x = randn(rng, 4, c, 7, 9)
+    assert layer.uses_winograd(x.shape)
+    wt, bt = leaf(layer.params["W"]), leaf(layer.params["b"])
+    against_torch(layer, x, lambda t: F.conv2d(t, wt, bt, padding=1), rng)
+    assert_close(layer.grads["W"], wt.grad, "dW")
+
+
+def test_conv2d_through_winograd_gradients_are_exact_in_float64(winograd_for_all):
+    rng = np.random.default_rng(5)
+    layer = L.Conv2D(2, 3, 3, padding=1, dtype=np.float64)
+    x = rng.standard_normal((2, 2, 5, 4))
+    dy = rng.standard_normal((2, 3, 5, 4))
+    layer.forward(x)
+    dx = layer.backward(dy)
+    loss = lambda: float(np.sum(layer.forward(x) * dy))
+    eps = 1e-6
+    for arr, grad in ((x, dx), (layer.params["W"], layer.grads["W"].copy()), (layer.params["b"],
+                                                                               layer.grads["b"].copy())):
+        for idx in [tuple(int(rng.integers(0, s)) for s in arr.shape) for _ in range(6)]:
+            keep = arr[idx]
+            arr[idx] = keep + eps
+            up = loss()
+            arr[idx] = keep - eps
+            down = loss()
+            arr[idx] = keep
+            assert abs((up - down) / (2 * eps) - grad[idx]) < 1e-7
+
+
+def test_conv2d_through_winograd_after_an_inference_forward_and_without_input_grad(winograd_for_all):
+    rng = np.random.default_rng(6)
+    layer = L.Conv2D(3, 4, 3, padding=1)
+    x, dy = randn(rng, 2, 3, 6, 6), randn(rng, 2, 4, 6, 6)
+    layer.forward(x, train=True)
+    dx = layer.backward(dy)
+    dw = layer.grads["W"].copy()
+    layer.forward(x, train=False)          # no cached transform: backward recomputes it
+    np.testing.assert_array_equal(layer.backward(dy), dx)
+    np.testing.assert_array_equal(layer.grads["W"], dw)
+    np.testing.assert_array_equal(layer.backward(dy), dx)   # a second backward of the same forward
+    layer.need_input_grad = False
+    layer.forward(x)
+    assert layer.backward(dy) is None
+    np.testing.assert_array_equal(layer.grads["W"], dw)
+
+
+def test_conv2d_through_winograd_on_the_emulated_gpu_is_bit_identical_and_never_syncs(winograd_for_all):
+    rng = np.random.default_rng(7)
+    cpu = L.Conv2D(3, 5, 3, padding=1)
+    gpu = L.Conv2D(3, 5, 3, padding=1).to("emulated")
+    for k in cpu.params:
+        gpu.params[k][...] = backend.to_device(cpu.params[k], "emulated")
+    x, dy = randn(rng, 2, 3, 7, 6), randn(rng, 2, 5, 7, 6)
+    y, dx = cpu.forward(x), cpu.backward(dy)
+    xe, dye = backend.to_device(x, "emulated"), backend.to_device(dy, "emulated")
+    backend.transfer_stats.reset()
+    ye = gpu.forward(xe)
+    dxe = gpu.backward(dye)
+    assert backend.transfer_stats.device_to_host == 0
+    assert isinstance(ye, backend.EmulatedArray) and isinstance(dxe, backend.EmulatedArray)
+    np.testing.assert_array_equal(backend.to_cpu(ye), y)
+    np.testing.assert_array_equal(backend.to_cpu(dxe), dx)
+    for k in cpu.grads:
+        np.testing.assert_array_equal(backend.to_cpu(gpu.grads[k]), cpu.grads[k])
+    matrix = winograd._filter_matrix(gpu.params["W"])
+    gpu.forward(xe)
+    assert winograd._filter_matrix(gpu.params["W"]) is matrix, "the filter matrix is made once per device"
