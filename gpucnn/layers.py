@@ -24,7 +24,6 @@ __all__ = ["Layer", "Conv2D", "MaxPool2D", "AvgPool2D", "Affine", "ReLU", "Leaky
 # ------------------------------------------------------------------------------------ workspace limit
 
 _workspace_limit = 512 * 2**20
-WINOGRAD_MIN_CHANNELS = 128   # see Conv2D.uses_winograd
 
 
 def set_workspace_limit(nbytes: int):
@@ -232,21 +231,14 @@ class Conv2D(Layer):
 
     def uses_winograd(self, input_shape, dtype=np.float32) -> bool:
         """Whether this input is convolved by Winograd F(2x2, 3x3) (:mod:`gpucnn.winograd`) rather than im2col:
-        3x3 kernels at stride 1, at least WINOGRAD_MIN_CHANNELS input and output channels (with fewer, the
-        transforms, which grow with in + out channels, cost more than the 2.25x fewer multiplications save,
-        which grow with in x out), and the whole batch's transforms within the workspace limit.
-        A function of shapes only: the same layers take the same path on every device."""
+        3x3 kernels at stride 1, of a size where it was measured faster (`winograd.pays`: many channels, enough
+        tiles, transforms that fit in cache), with the whole batch's transforms within the workspace limit.
+        A function of shapes only: a layer takes the same path on every device."""
         if (self.kernel_size, self.stride) != ((3, 3), (1, 1)):
             return False
-        if min(self.in_channels, self.out_channels) < WINOGRAD_MIN_CHANNELS:
-            return False
-        return self._winograd_bytes(input_shape, dtype) <= _workspace_limit
-
-    def _winograd_bytes(self, input_shape, dtype):
-        """Bytes of the largest Winograd buffer: 16 transformed values per tile, for every sample and channel."""
-        _, _, oh, ow = self.output_shape(input_shape)
-        th, tw = winograd.tiles(oh, ow)
-        return 16 * th * tw * int(input_shape[0]) * max(self.in_channels, self.out_channels) * np.dtype(dtype).itemsize
+        n, _, oh, ow = self.output_shape(input_shape)
+        args = (self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize)
+        return winograd.pays(*args) and winograd.buffer_bytes(*args) <= _workspace_limit
 
     def sample_bytes(self, input_shape, dtype=np.float32) -> int:
         """Bytes of one sample's im2col columns, C*kh*kw x out_h*out_w: the largest work buffer per sample
@@ -263,7 +255,8 @@ class Conv2D(Layer):
         """Bytes of the largest work buffer (the im2col columns or the Winograd transforms) a forward/backward
         of this input makes: within the workspace limit unless a single sample's columns exceed it."""
         if self.uses_winograd(input_shape, dtype):
-            return self._winograd_bytes(input_shape, dtype)
+            n, _, oh, ow = self.output_shape(input_shape)
+            return winograd.buffer_bytes(self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize)
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
@@ -286,7 +279,7 @@ class Conv2D(Layer):
             u = winograd.filter_transform(self.params["W"])
             v = winograd.input_transform(x, self.padding)
             y = winograd.output_transform(xp.matmul(v, u.transpose(0, 2, 1)), n, oh, ow, self.params.get("b"))
-            return self._save((x, v if train else None, u), y)
+            return self._save((x, v if train else None, u, True), y)
         wk = self._weight_rows(xp)
         chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, p), dtype=x.dtype)
@@ -300,12 +293,13 @@ class Conv2D(Layer):
                 xp.add(xp.matmul(wk, col.T).reshape(o, m, p).transpose(1, 0, 2), b, out=y[s:s + m])
             else:         # few filters: BLAS is faster with the long dimension first
                 xp.add(xp.matmul(col, wk.T).reshape(m, p, o).transpose(0, 2, 1), b, out=y[s:s + m])
-        return self._save((x, col if (train and chunk >= n) else None, wk), y.reshape(n, o, oh, ow))
+        return self._save((x, col if (train and chunk >= n) else None, wk, False), y.reshape(n, o, oh, ow))
 
     def backward(self, dout):
-        x, cached_col, wk = self._saved(dout)   # wk: the weight rows (or Winograd filters) the forward pass used
+        # wk: the weight rows (or the Winograd filters) the forward pass used
+        x, cached_col, wk, by_winograd = self._saved(dout)
         xp = self._xp(dout, x, *self.params.values())
-        if self.uses_winograd(x.shape, x.dtype):
+        if by_winograd:
             return self._backward_winograd(xp, dout, x, cached_col, wk)
         n, c, h, w = x.shape
         _, o, oh, ow = dout.shape
@@ -332,7 +326,7 @@ class Conv2D(Layer):
                     dx = dxs
                 else:
                     dx[s:s + m] = dxs
-        self._cache = (x, None, wk)   # the cached columns now hold their gradient; another backward recomputes
+        self._cache = (x, None, wk, False)   # the cached columns now hold their gradient; another backward recomputes
         self._set_grad("W", dwk.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
         if "b" in self.params:
             self._set_grad("b", d.sum(axis=1))
@@ -345,7 +339,7 @@ class Conv2D(Layer):
         self._set_grad("W", winograd.filter_gradient(xp.matmul(dm.transpose(0, 2, 1), v)))
         if "b" in self.params:
             self._set_grad("b", dout.sum(axis=(0, 2, 3)))
-        self._cache = (x, None, u)
+        self._cache = (x, None, u, True)
         if not self.need_input_grad:
             return None
         return winograd.input_gradient(xp.matmul(dm, u, out=v), x.shape, self.padding)

@@ -59,20 +59,29 @@ def test_copy_blocked_copies_any_transpose(monkeypatch):
 
 @pytest.fixture
 def winograd_for_all(monkeypatch):
-    """Let Conv2D take Winograd with any channel count, so that small layers exercise it."""
-    monkeypatch.setattr(L, "WINOGRAD_MIN_CHANNELS", 1)
+    """Let Conv2D take Winograd at any size, so that small layers exercise it."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_ROWS", 1)
 
 
-def test_conv2d_chooses_winograd_only_for_3x3_stride_1_with_many_channels():
-    big = L.WINOGRAD_MIN_CHANNELS
-    shape = (4, big, 8, 8)
-    assert L.Conv2D(big, big, 3, padding=1).uses_winograd(shape)
-    assert L.Conv2D(big, big, 3, padding=0, bias=False).uses_winograd(shape)
-    assert not L.Conv2D(big, big - 1, 3, padding=1).uses_winograd(shape)
-    assert not L.Conv2D(big, big, 3, stride=2).uses_winograd(shape)
-    assert not L.Conv2D(big, big, 5, padding=2).uses_winograd(shape)
-    assert not L.Conv2D(big, big, (3, 1)).uses_winograd(shape)
-    assert not L.Conv2D(big - 1, big, 3).uses_winograd((4, big - 1, 8, 8))
+def test_conv2d_chooses_winograd_only_for_3x3_stride_1_where_it_pays(monkeypatch):
+    c = winograd.MIN_CHANNELS
+    shape = (winograd.MIN_ROWS // 16, c, 8, 8)   # 16 tiles per sample: exactly MIN_ROWS rows
+    assert L.Conv2D(c, c, 3, padding=1).uses_winograd(shape)
+    assert L.Conv2D(c, c, 3, padding=1, bias=False).uses_winograd(shape)
+    a, b = 3 * c // 4, 3 * c // 2          # harmonic mean 2ab/(a+b) == c exactly
+    assert 2 * a * b == c * (a + b)
+    assert L.Conv2D(a, b, 3, padding=1).uses_winograd((shape[0], a, 8, 8))
+    assert not L.Conv2D(a, b - 1, 3, padding=1).uses_winograd((shape[0], a, 8, 8))
+    assert not L.Conv2D(c, c, 3, padding=1).uses_winograd((shape[0] - 1, c, 8, 8))         # too few rows
+    assert not L.Conv2D(c, c, 3, stride=2).uses_winograd(shape)
+    assert not L.Conv2D(c, c, 5, padding=2).uses_winograd(shape)
+    assert not L.Conv2D(c, c, (3, 1)).uses_winograd(shape)
+    big = (winograd.MAX_BYTES // (16 * 4 * 16 * c) + 1, c, 8, 8)   # one sample more than MAX_BYTES holds
+    assert L.Conv2D(c, c, 3, padding=1).uses_winograd((big[0] - 1,) + big[1:])
+    assert not L.Conv2D(c, c, 3, padding=1).uses_winograd(big)
+    monkeypatch.setattr(L, "_workspace_limit", 1000)
+    assert not L.Conv2D(c, c, 3, padding=1).uses_winograd(shape)
 
 
 def test_conv2d_falls_back_to_im2col_chunks_when_the_transforms_exceed_the_workspace(winograd_for_all,
@@ -80,6 +89,7 @@ def test_conv2d_falls_back_to_im2col_chunks_when_the_transforms_exceed_the_works
     layer = L.Conv2D(3, 4, 3, padding=1)
     shape = (6, 3, 10, 10)
     need = 16 * 5 * 5 * 6 * 4 * 4      # 16 values per 2x2 output tile, per sample, per (output) channel, float32
+    assert winograd.buffer_bytes(3, 4, 6, 10, 10, 4) == need
     assert layer.uses_winograd(shape) and layer.column_bytes(shape) == need
     monkeypatch.setattr(L, "_workspace_limit", need - 1)
     assert not layer.uses_winograd(shape)
@@ -108,9 +118,9 @@ def test_conv2d_through_winograd_matches_torch(case, bias, winograd_for_all):
 
 def test_conv2d_through_winograd_at_alexnet_size_matches_torch():
     rng = np.random.default_rng(4)
-    c = o = L.WINOGRAD_MIN_CHANNELS
+    c, o = 192, 384
     layer = L.Conv2D(c, o, 3, padding=1)
-    x = randn(rng, 4, c, 7, 9)
+    x = randn(rng, 32, c, 8, 7)
     assert layer.uses_winograd(x.shape)
     wt, bt = leaf(layer.params["W"]), leaf(layer.params["b"])
     against_torch(layer, x, lambda t: F.conv2d(t, wt, bt, padding=1), rng)
