@@ -14,6 +14,7 @@ from .backend import device_of, get_array_module, to_device
 from .ops import copy_blocked
 
 # Forward transforms of F(2x2, 3x3): input tile B^T (4 taps -> 4), filter G (3 taps -> 4), output A^T (4 -> 2).
+# The filter transform runs as a GEMM with kron(G, G); the others as adds and subtracts (_combine).
 BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 AT = ((1, 1, 1, 0), (0, 1, -1, -1))
@@ -24,14 +25,8 @@ def _transposed(m):
 
 
 def _combine(xp, coefs, taps, out):
-    """out = sum(coef * tap): adds and subtracts, then one scaling when all coefficients share a magnitude."""
+    """out = sum(coef * tap) for coefficients in {-1, 0, 1} (those of B^T and A^T): one pass per term after the first."""
     terms = [(k, t) for k, t in zip(coefs, taps) if k != 0]
-    scale = abs(terms[0][0])
-    if any(abs(k) != scale for k, _ in terms):
-        out[...] = 0
-        for k, t in terms:
-            xp.add(out, t * out.dtype.type(k), out=out)
-        return
     (k0, t0), (k1, t1) = (terms + [(0, None)])[:2]
     if t1 is None:
         xp.copyto(out, t0) if k0 > 0 else xp.negative(t0, out=out)
@@ -43,11 +38,10 @@ def _combine(xp, coefs, taps, out):
         xp.negative(xp.add(t0, t1, out=out), out=out)
     for k, t in terms[2:]:
         (xp.add if k > 0 else xp.subtract)(out, t, out=out)
-    if scale != 1:
-        xp.multiply(out, out.dtype.type(scale), out=out)
 
 
 def _apply(xp, mat, taps, outs):
+    """outs[i] = sum_j mat[i][j] * taps[j]: one 1-D transform applied to whole arrays of taps."""
     for coefs, out in zip(mat, outs):
         _combine(xp, coefs, taps, out)
 
