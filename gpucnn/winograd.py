@@ -152,18 +152,18 @@ def _overlap_add(xp, taps, out, axis, count):
 
 
 def output_transform(m, n, oh, ow, bias=None):
-    """M, (16, th*tw*N, O) -> y, (N, O, oh, ow): A^T M A per tile, plus the bias."""
+    """M, (16, th*tw*N, O) -> y, (N, O, oh, ow): A^T M A per tile, plus the bias (added into M, which is spent)."""
     xp = get_array_module(m)
     th, tw = tiles(oh, ow)
     o = m.shape[2]
+    if bias is not None:   # column 1 of A^T is all ones: what is added to M[1, 1] reaches all four outputs of a tile
+        xp.add(m[5], bias, out=m[5])
     m = m.reshape(4, 4, th, tw, n, o)
     rows = xp.empty((2, 4, th, tw, n, o), m.dtype)
     _apply(xp, AT, m, rows)
     yt = xp.empty((th, 2, tw, 2, n, o), m.dtype)
     for i in range(2):
         _apply(xp, AT, [rows[i, k] for k in range(4)], [yt[:, i, :, j] for j in range(2)])
-    if bias is not None:
-        yt += bias
     y = xp.empty((n, o, oh, ow), m.dtype)
     copy_blocked(y.reshape(n * o, oh, ow), yt.reshape(2 * th, 2 * tw, n * o)[:oh, :ow].transpose(2, 0, 1))
     return y
