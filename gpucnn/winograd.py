@@ -68,9 +68,10 @@ def pays(in_channels, out_channels, n, oh, ow, itemsize) -> bool:
 
 
 def buffer_bytes(in_channels, out_channels, n, oh, ow, itemsize) -> int:
-    """Bytes of the largest transformed tensor (V or M): 16 values per tile, sample and channel."""
+    """Bytes of the largest transformed tensor: V or M (16 values per tile, sample and channel), or the
+    filters' U or dU (16 values per filter and input channel)."""
     th, tw = tiles(oh, ow)
-    return 16 * th * tw * n * max(in_channels, out_channels) * itemsize
+    return 16 * max(th * tw * n * max(in_channels, out_channels), in_channels * out_channels) * itemsize
 
 
 def tiles(oh, ow):

@@ -80,6 +80,10 @@ def test_conv2d_chooses_winograd_only_for_3x3_stride_1_where_it_pays(monkeypatch
     big = (winograd.MAX_BYTES // (16 * 4 * 16 * c) + 1, c, 8, 8)   # one sample more than MAX_BYTES holds
     assert L.Conv2D(c, c, 3, padding=1).uses_winograd((big[0] - 1,) + big[1:])
     assert not L.Conv2D(c, c, 3, padding=1).uses_winograd(big)
+    wide, wide_shape = L.Conv2D(4 * c, 4 * c, 3, padding=1), (shape[0], 4 * c, 8, 8)
+    assert wide.uses_winograd(wide_shape)
+    assert wide.column_bytes(wide_shape) == 16 * (4 * c) ** 2 * 4 > 16 * 16 * shape[0] * 4 * c * 4, \
+        "the transformed filters (16 per filter and channel) outweigh V and M (16 per tile, sample and channel)"
     monkeypatch.setattr(L, "_workspace_limit", 1000)
     assert not L.Conv2D(c, c, 3, padding=1).uses_winograd(shape)
 
@@ -107,6 +111,8 @@ def test_conv2d_through_winograd_matches_torch(case, bias, winograd_for_all):
     rng = case_rng((case, bias))
     layer = L.Conv2D(c, o, 3, padding=pad, bias=bias)
     assert layer.uses_winograd((n, c, h, w))
+    if bias:
+        layer.params["b"][...] = randn(rng, o)
     x = randn(rng, n, c, h, w)
     wt = leaf(layer.params["W"])
     bt = leaf(layer.params["b"]) if bias else None
@@ -114,6 +120,21 @@ def test_conv2d_through_winograd_matches_torch(case, bias, winograd_for_all):
     assert_close(layer.grads["W"], wt.grad, "dW")
     if bias:
         assert_close(layer.grads["b"], bt.grad, "db")
+
+
+def test_conv2d_through_winograd_takes_non_contiguous_input_and_gradient(winograd_for_all):
+    rng = np.random.default_rng(8)
+    layer = L.Conv2D(3, 4, 3, padding=1)
+    layer.params["b"][...] = randn(rng, 4)
+    x = randn(rng, 2, 3, 7, 5).transpose(0, 1, 3, 2)      # (2, 3, 5, 7), strided
+    dy = randn(rng, 2, 4, 7, 5).transpose(0, 1, 3, 2)
+    xt, wt, bt = leaf(np.ascontiguousarray(x)), leaf(layer.params["W"]), leaf(layer.params["b"])
+    yt = F.conv2d(xt, wt, bt, padding=1)
+    yt.backward(torch.tensor(np.ascontiguousarray(dy)))
+    assert_close(layer.forward(x), yt, "y")
+    assert_close(layer.backward(dy), xt.grad, "dx")
+    assert_close(layer.grads["W"], wt.grad, "dW")
+    assert_close(layer.grads["b"], bt.grad, "db")
 
 
 def test_conv2d_through_winograd_at_alexnet_size_matches_torch():
@@ -148,24 +169,30 @@ def test_conv2d_through_winograd_gradients_are_exact_in_float64(winograd_for_all
             assert abs((up - down) / (2 * eps) - grad[idx]) < 1e-7
 
 
-def test_conv2d_through_winograd_after_an_inference_forward_and_without_input_grad(winograd_for_all):
+def test_conv2d_through_winograd_caches_the_transformed_input_and_backward_repeats(winograd_for_all,
+                                                                                    monkeypatch):
     rng = np.random.default_rng(6)
     layer = L.Conv2D(3, 4, 3, padding=1)
     x, dy = randn(rng, 2, 3, 6, 6), randn(rng, 2, 4, 6, 6)
+    transforms = []
+    real = winograd.input_transform
+    monkeypatch.setattr(winograd, "input_transform", lambda *a: transforms.append(1) or real(*a))
     layer.forward(x, train=True)
     dx = layer.backward(dy)
     dw = layer.grads["W"].copy()
-    layer.forward(x, train=False)          # no cached transform: backward recomputes it
-    np.testing.assert_array_equal(layer.backward(dy), dx)
-    np.testing.assert_array_equal(layer.grads["W"], dw)
-    np.testing.assert_array_equal(layer.backward(dy), dx)   # a second backward of the same forward
+    assert len(transforms) == 1, "backward after a training forward reuses the forward's transformed input"
+    for train in (True, False):           # a second backward of one forward: V's buffer took dV, so recompute
+        layer.forward(x, train=train)
+        for _ in range(2):
+            np.testing.assert_array_equal(layer.backward(dy), dx)
+            np.testing.assert_array_equal(layer.grads["W"], dw)
     layer.need_input_grad = False
     layer.forward(x)
     assert layer.backward(dy) is None
     np.testing.assert_array_equal(layer.grads["W"], dw)
 
 
-def test_conv2d_through_winograd_on_the_emulated_gpu_is_bit_identical_and_never_syncs(winograd_for_all):
+def test_conv2d_through_winograd_on_the_emulated_gpu_is_bit_identical_and_never_syncs(winograd_for_all, monkeypatch):
     rng = np.random.default_rng(7)
     cpu = L.Conv2D(3, 5, 3, padding=1)
     gpu = L.Conv2D(3, 5, 3, padding=1).to("emulated")
@@ -183,6 +210,8 @@ def test_conv2d_through_winograd_on_the_emulated_gpu_is_bit_identical_and_never_
     np.testing.assert_array_equal(backend.to_cpu(dxe), dx)
     for k in cpu.grads:
         np.testing.assert_array_equal(backend.to_cpu(gpu.grads[k]), cpu.grads[k])
-    matrix = winograd._filter_matrix(gpu.params["W"])
+    copies = []
+    monkeypatch.setattr(winograd, "to_device", lambda *a: copies.append(1) or backend.to_device(*a))
     gpu.forward(xe)
-    assert winograd._filter_matrix(gpu.params["W"]) is matrix, "the filter matrix is made once per device"
+    gpu.backward(dye)
+    assert copies == [], "the filter matrix is copied to the device once, not per step"
