@@ -236,9 +236,12 @@ class Conv2D(Layer):
         A function of shapes only: a layer takes the same path on every device."""
         if (self.kernel_size, self.stride) != ((3, 3), (1, 1)):
             return False
+        size = self._winograd_size(input_shape, dtype)
+        return winograd.pays(*size) and winograd.buffer_bytes(*size) <= _workspace_limit
+
+    def _winograd_size(self, input_shape, dtype):
         n, _, oh, ow = self.output_shape(input_shape)
-        args = (self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize)
-        return winograd.pays(*args) and winograd.buffer_bytes(*args) <= _workspace_limit
+        return self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize
 
     def sample_bytes(self, input_shape, dtype=np.float32) -> int:
         """Bytes of one sample's im2col columns, C*kh*kw x out_h*out_w: the largest work buffer per sample
@@ -255,8 +258,7 @@ class Conv2D(Layer):
         """Bytes of the largest work buffer (the im2col columns or the Winograd transforms) a forward/backward
         of this input makes: within the workspace limit unless a single sample's columns exceed it."""
         if self.uses_winograd(input_shape, dtype):
-            n, _, oh, ow = self.output_shape(input_shape)
-            return winograd.buffer_bytes(self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize)
+            return winograd.buffer_bytes(*self._winograd_size(input_shape, dtype))
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
     def _cols(self, x):
