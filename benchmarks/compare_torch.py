@@ -20,7 +20,7 @@ import time
 def gpucnn_nets():
     from gpucnn import layers as L
     from gpucnn.models import lenet5
-    from gpucnn.sequential import Sequential
+    from gpucnn.layers import Sequential
 
     def alexnet_small():
         return Sequential([

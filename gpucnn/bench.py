@@ -2,14 +2,15 @@
 
 A training step is forward, softmax cross-entropy, backward and an SGD-with-momentum update. Random inputs
 and labels are made on the device, warm-up steps run first (kernel compilation, buffer allocation), then the
-timed steps run under :class:`gpucnn.backend.DeviceTimer`: wall clock on the CPU, CUDA events and a final
+timed steps run under :class:`gpucnn.devices.DeviceTimer`: wall clock on the CPU, CUDA events and a final
 synchronisation on a GPU, so work still queued on the device is counted.
 """
 from __future__ import annotations
 
 import numbers
 
-from . import backend, models
+from . import devices
+from . import models
 from .layers import SoftmaxCrossEntropy
 from .optim import SGD
 
@@ -38,7 +39,7 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
     batch_size = _count(batch_size, "batch_size", 1)
     steps = _count(steps, "steps", 1)
     warmup = _count(warmup, "warmup", 0)
-    dev = backend.get_device(device)
+    dev = devices.get_device(device)
     default_c, default_size = default_input(name)
     c = default_c if in_channels is None else in_channels
     size = default_size if input_size is None else input_size
@@ -47,8 +48,8 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
     shape = (batch_size, c, h, w)
 
     like = next(iter(net.params.values()))
-    x = backend.random_uniform(shape, like=like) * 2 - 1
-    labels = (backend.random_uniform((batch_size,), like=like) * num_classes).astype("int32")
+    x = devices.random_uniform(shape, like=like) * 2 - 1
+    labels = (devices.random_uniform((batch_size,), like=like) * num_classes).astype("int32")
     loss, opt = SoftmaxCrossEntropy(), SGD(lr=1e-3, momentum=0.9)
 
     def step():
@@ -61,8 +62,8 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
 
     for _ in range(warmup):
         step()
-    backend.synchronize(dev)
-    with backend.DeviceTimer(dev) as timer:
+    devices.synchronize(dev)
+    with devices.DeviceTimer(dev) as timer:
         for _ in range(steps):
             step()
     seconds = timer.seconds

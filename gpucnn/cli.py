@@ -27,8 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _user_errors() -> tuple:
-    from . import checkpoint, train
-    from .backend import CudaUnavailableError
+    from . import train
+    from .train import checkpoint
+    from .devices import CudaUnavailableError
     # TypeError is not here: command-line input arrives as strings, so a TypeError is a bug (traceback).
     errors = [UsageError, CudaUnavailableError, checkpoint.CheckpointError, train.NumericalFaultError,
               ValueError, OSError]
@@ -145,14 +146,16 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------------- eval
 
 def _cmd_eval(args) -> int:
-    from . import backend, checkpoint, data, models
+    from . import data, models
+    from . import devices
+    from .train import checkpoint
     from .train import evaluate, model_kwargs_for
     if args.limit_test is not None and args.limit_test < 1:
         raise UsageError(f"--limit-test must be a positive integer, got {args.limit_test}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
     ckpt = checkpoint.load(args.checkpoint)
-    device = backend.get_device(args.device)
+    device = devices.get_device(args.device)
     dataset_name = ckpt.config.get("dataset")
     data_dir = args.data_dir or ckpt.config.get("data_dir")
     test_set = data.load_dataset(dataset_name, "test", data_dir=data_dir)
@@ -209,25 +212,26 @@ def _cmd_bench(args) -> int:
 
 def _cmd_info(args) -> int:
     import numpy as np
-    from . import __version__, backend
+    from . import __version__
+    from . import devices
     print(f"gpucnn {__version__}")
     print(f"python {platform.python_version()} ({sys.executable})")
     print(f"numpy {np.__version__}")
-    cp = backend.cupy_module()
+    cp = devices.cupy_module()
     print(f"cupy {cp.__version__ if cp is not None else 'not installed'}")
     try:
         import matplotlib
         print(f"matplotlib {matplotlib.__version__}")
     except ImportError:
         print("matplotlib not installed (no curves.png / filters.png; pip install 'gpucnn[plots]')")
-    ok, why = backend.cuda_status()
+    ok, why = devices.cuda_status()
     print(f"CUDA: {'usable' if ok else 'not usable'}: {why}")
-    devices = ["cpu", "emulated"]
+    names = ["cpu", "emulated"]
     if ok:
-        devices += [f"cuda:{i}" for i in range(cp.cuda.runtime.getDeviceCount())]
-    print(f"devices: {', '.join(devices)}; auto -> {backend.get_device('auto')}")
+        names += [f"cuda:{i}" for i in range(cp.cuda.runtime.getDeviceCount())]
+    print(f"devices: {', '.join(names)}; auto -> {devices.get_device('auto')}")
     try:
-        from . import kernels
+        from .devices import kernels
         info = kernels.info() if hasattr(kernels, "info") else None
     except Exception as e:  # kernels are optional for the CPU path: report, don't fail
         info = f"unavailable ({type(e).__name__}: {e})"

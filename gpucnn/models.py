@@ -1,4 +1,4 @@
-"""The model zoo: functions returning a :class:`~gpucnn.sequential.Sequential` sized for the input.
+"""The model zoo: functions returning a :class:`~gpucnn.layers.Sequential` sized for the input.
 
 Every model takes ``in_channels``, ``input_size`` (an int or ``(h, w)``) and ``num_classes``; the sizes
 of the affine layers are derived from the input, so the same net trains on 28x28 Fashion-MNIST or
@@ -18,7 +18,7 @@ of the affine layers are derived from the input, so the same net trains on 28x28
 """
 from __future__ import annotations
 
-from .ops import out_size
+from .devices.twins import out_size
 
 # A net is described as a list of layer specs, walked once for shapes (to size the affine layers and
 # report a too-small input) and then instantiated.
@@ -90,7 +90,7 @@ def _describe(spec):
 def _build(name, specs_fn, in_channels, input_size, num_classes, **options):
     """Validate the arguments, walk the shapes and instantiate the layers into a Sequential."""
     from . import layers as L
-    from .sequential import Sequential
+    from .layers import Sequential
 
     _positive("in_channels", in_channels)
     _positive("num_classes", num_classes)

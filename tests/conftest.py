@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from gpucnn import backend
+from gpucnn import devices as backend
 
 
 def pytest_collection_modifyitems(config, items):

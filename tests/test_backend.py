@@ -1,4 +1,4 @@
-"""Devices, array modules, transfers and seeding (gpucnn.backend)."""
+"""Devices, array modules, transfers and seeding (gpucnn.devices)."""
 import logging
 import subprocess
 import sys
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 import gpucnn
-from gpucnn import backend
+from gpucnn import devices as backend
 
 
 def test_import_never_needs_cupy():
     code = ("import sys; sys.modules['cupy'] = None\n"
-            "import gpucnn, gpucnn.backend as b\n"
+            "import gpucnn, gpucnn.devices.cuda as b\n"
             "b.cuda_status.cache_clear(); b._import_cupy.cache_clear()\n"
             "print(gpucnn.get_device('auto'))\n"
             "ok, why = b.cuda_status(); print(ok); print(why)\n")
@@ -23,7 +23,7 @@ def test_import_never_needs_cupy():
 
 
 def test_cuda_without_cupy_says_so(monkeypatch):
-    monkeypatch.setattr(backend, "_import_cupy", lambda: (None, "cupy is not installed (ImportError: x)"))
+    monkeypatch.setattr(backend.cuda, "_import_cupy", lambda: (None, "cupy is not installed (ImportError: x)"))
     backend.cuda_status.cache_clear()
     try:
         with pytest.raises(backend.CudaUnavailableError, match="cupy is not installed.*cuda12"):
@@ -35,7 +35,7 @@ def test_cuda_without_cupy_says_so(monkeypatch):
 def test_auto_falls_back_to_cpu_with_one_log_line(caplog):
     if backend.cuda_status()[0]:
         pytest.skip("a GPU is usable here: auto picks it")
-    backend._log_fallback.cache_clear()
+    backend.core._log_fallback.cache_clear()
     with caplog.at_level(logging.INFO, logger="gpucnn"):
         assert backend.get_device("auto") == backend.CPU
         assert backend.get_device(None) == backend.CPU

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from _synth import rewrite_checkpoint
-from gpucnn import backend, checkpoint, models, optim
-from gpucnn.checkpoint import CheckpointError
+from gpucnn import devices as backend
+from gpucnn import models, optim
+from gpucnn.train import checkpoint
+from gpucnn.train.checkpoint import CheckpointError
 
 
 def trained_lenet(steps=2):

@@ -9,7 +9,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from gpucnn import backend, data
+from gpucnn import data
+from gpucnn import devices as backend
+from gpucnn.data import sources
 from gpucnn.data import DataLoader, Dataset, DatasetError
 
 REAL_FASHION = "/usr/share/datasets/fashion-mnist"
@@ -21,7 +23,7 @@ def _offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GPUCNN_DATA", raising=False)
     monkeypatch.setenv("GPUCNN_MIRROR", "http://127.0.0.1:9/unreachable/")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 # ------------------------------------------------------------------------------------- file writers
@@ -303,7 +305,7 @@ def test_names_and_aliases():
 def test_lookup_order(tmp_path, monkeypatch):
     arg, env, home = tmp_path / "arg", tmp_path / "env", tmp_path / "home"
     debian = tmp_path / "debian"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", debian)
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", debian)
     monkeypatch.setenv("GPUCNN_DATA", str(env))
     write_mnist(debian, n=4, seed=4)
     assert len(data.load_dataset("fashion-mnist", "test", download=False)) == 4

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from gpucnn import data
+from gpucnn.data import sources
 from gpucnn.data import DatasetError
 
 FILES = ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
@@ -27,7 +28,7 @@ def _offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("GPUCNN_DATA", raising=False)
     monkeypatch.setenv("GPUCNN_MIRROR", f"http://127.0.0.1:{closed_port()}/")
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
 
 def closed_port():

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from gpucnn import backend, emulator, kernels
-from gpucnn.emulator import KernelArgumentError
+from gpucnn import devices as backend
+from gpucnn.devices import emulator, kernels
+from gpucnn.devices.emulator import KernelArgumentError
 
 SOURCE = r"""
 // Each thread of the whole (3-D) grid counts itself once and records the launch shape it saw.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gpucnn import layers as L
-from gpucnn.sequential import Sequential
+from gpucnn.layers import Sequential
 
 EPS = 1e-6
 TOL = 1e-6

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpucnn import backend, kernels, ops
+from gpucnn import devices as backend
+from gpucnn.devices import kernels, ops, twins
 
 EMU = backend.EMULATED
 
@@ -167,7 +168,7 @@ def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_pe
     if samples_per_block:
         n, c, h, w, kh, kw, sh, sw, ph, pw = case
         sample = (h + 2 * ph) * (w + 2 * pw) * c * np.dtype(dtype).itemsize
-        monkeypatch.setattr(ops, "_COL2IM_BLOCK_BYTES", samples_per_block * sample)
+        monkeypatch.setattr(twins, "_COL2IM_BLOCK_BYTES", samples_per_block * sample)
     got = host(kernels.im2col(emu(x), *win))
     assert got.tobytes() == np.ascontiguousarray(ops.im2col(x, *win)).tobytes()
     got = host(kernels.col2im(emu(col), x.shape, *win[2:]))

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from gpucnn import backend
+from gpucnn import devices as backend
 from gpucnn import layers as L
-from gpucnn.sequential import Sequential
+from gpucnn.layers import Sequential
 
 X4 = np.zeros((8, 1, 28, 28), np.float32)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import gpucnn
 from gpucnn import layers as L
-from gpucnn.sequential import Sequential
+from gpucnn.layers import Sequential
 
 TOL = 2e-4
 N_RANDOM = 40

@@ -8,7 +8,8 @@ import re
 import pytest
 
 import _nvrtc
-from gpucnn import backend, emulator, kernels
+from gpucnn import devices as backend
+from gpucnn.devices import emulator, kernels
 
 lib, why = _nvrtc.library()
 pytestmark = pytest.mark.skipif(lib is None, reason=f"NVRTC unavailable: {why}")
@@ -77,7 +78,7 @@ class NvrtcModule:
 def test_kernels_module_surfaces_the_compiler_log(monkeypatch):
     monkeypatch.setattr(kernels, "_cache", kernels._Cache())
     monkeypatch.setattr(kernels, "_read_source", lambda name: BROKEN)
-    monkeypatch.setattr(backend, "compile_module", lambda code, options, device: NvrtcModule(code, options))
+    monkeypatch.setattr(backend.core, "compile_module", lambda code, options, device: NvrtcModule(code, options))
     with pytest.raises(kernels.KernelCompileError) as e:
         kernels.get_function("broken.cu", "k", backend.Device("cuda", 0))
     msg = str(e.value)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpucnn import backend, optim
+from gpucnn import devices as backend
+from gpucnn import optim
 
 SHAPES = {"0.W": (4, 3, 3, 3), "0.b": (4,), "1.W": (10, 7), "1.b": (10,)}
 STEPS = 10
@@ -101,7 +102,7 @@ def test_host_update_in_blocks_is_bit_identical_to_whole_arrays(ours, tcls, tkw,
     params["1.W"] = np.asfortranarray(params["1.W"])
     results = []
     for block in (10 ** 9, 5):
-        monkeypatch.setattr(optim, "_BLOCK", block)
+        monkeypatch.setattr(optim.optimizers, "_BLOCK", block)
         p = {k: v.copy(order="K") for k, v in params.items()}
         ids = {k: id(v) for k, v in p.items()}
         run(ours(), p, grad_seq)

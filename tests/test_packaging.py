@@ -31,7 +31,8 @@ def test_installed_wheel_loads_its_kernels(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True, text=True, timeout=300)
     code = ("import numpy as np, gpucnn\n"
-            "from gpucnn import kernels, ops, backend\n"
+            "from gpucnn.devices import kernels, ops\n"
+            "from gpucnn import devices as backend\n"
             "src = kernels.sources()\n"
             "assert all(str(p).startswith(r'%s') for p in src.values()), src\n"
             "x = np.arange(2 * 3 * 5 * 4, dtype=np.float32).reshape(2, 3, 5, 4)\n"

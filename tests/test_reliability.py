@@ -14,7 +14,7 @@ import pytest
 
 import gpucnn
 from _synth import write_idx_dataset
-from gpucnn import checkpoint
+from gpucnn.train import checkpoint
 
 REPO = str(Path(gpucnn.__file__).resolve().parent.parent)
 EPOCHS = 60

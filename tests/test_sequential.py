@@ -5,10 +5,11 @@ import pytest
 import torch
 
 import gpucnn
-from gpucnn import backend, ops
+from gpucnn import devices as backend
+from gpucnn.devices import ops
 from gpucnn import init as I
 from gpucnn import layers as L
-from gpucnn.sequential import Sequential
+from gpucnn.layers import Sequential
 
 
 def small_net():
@@ -174,7 +175,7 @@ def test_xp_layers_on_emulated_device_match_cpu(i):
 
 
 def test_conv_and_pool_on_emulated_device_match_cpu():
-    pytest.importorskip("gpucnn.kernels")
+    pytest.importorskip("gpucnn.devices.kernels")
     rng = np.random.default_rng(0)
     compare_on_devices(lenet5, rng.standard_normal((3, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=3))
     build = lambda: Sequential(L.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 0)), L.AvgPool2D(3, 1, 1),
@@ -230,3 +231,63 @@ def test_columns_not_kept_in_eval(monkeypatch):
     assert layer._cache[1] is None
     dx = layer.backward(np.ones((2, 2, 3, 3), np.float32))  # still possible: recomputed from x
     assert dx is not None and layer.grads["W"].any()
+
+
+# ----------------------------------------------------------------------------------- modes and nesting
+
+def test_modes_follow_pytorch():
+    """A fresh model trains; eval() reaches every layer and makes model(x) deterministic; train() undoes it;
+    an explicit train= still decides one call."""
+    model = Sequential(L.Conv2D(2, 4, 3, padding=1), L.BatchNorm2D(4), L.ReLU(), L.Flatten(), L.Dropout(0.5),
+                       L.Affine(64, 3))
+    x = np.random.default_rng(1).standard_normal((5, 2, 4, 4)).astype(np.float32)
+    assert model.training and all(layer.training for layer in model)
+    before = model.buffers["1.running_mean"].copy()
+    a, b = model(x), model(x)
+    assert not np.array_equal(a, b), "training mode: dropout draws a new mask per call"
+    assert not np.array_equal(model.buffers["1.running_mean"], before), "training mode updates running stats"
+    assert model.eval() is model and not model.training and not any(layer.training for layer in model)
+    stats = model.buffers["1.running_mean"].copy()
+    c, d = model(x), model.forward(x)
+    np.testing.assert_array_equal(c, d)
+    np.testing.assert_array_equal(model.buffers["1.running_mean"], stats)
+    e = model.forward(x, train=True)     # one call in training mode, the model stays in eval
+    assert not np.array_equal(e, c) and not model.training
+    model.train()
+    assert model.training and all(layer.training for layer in model)
+
+
+def test_nested_sequential_is_a_layer_with_flat_stable_names():
+    rng = np.random.default_rng(2)
+    inner = Sequential(L.Conv2D(4, 4, 3, padding=1), L.ReLU())
+    nested = Sequential(L.Conv2D(2, 4, 3, padding=1), inner, L.Flatten(), L.Affine(64, 3))
+    flat = Sequential(L.Conv2D(2, 4, 3, padding=1), L.Conv2D(4, 4, 3, padding=1), L.ReLU(), L.Flatten(),
+                      L.Affine(64, 3))
+    assert list(nested.params) == ["0.W", "0.b", "1.0.W", "1.0.b", "3.W", "3.b"]
+    assert nested.params["1.0.W"] is inner[0].params["W"]
+    for (_, a), (_, b) in zip(flat.params.items(), nested.params.items()):
+        b[...] = a
+    x = rng.standard_normal((3, 2, 4, 4)).astype(np.float32)
+    labels = np.array([0, 2, 1])
+    la, _, _ = step(flat, x, labels)
+    lb, _, _ = step(nested, x, labels)
+    np.testing.assert_array_equal(la, lb)
+    for (ka, ga), (kb, gb) in zip(flat.grads.items(), nested.grads.items()):
+        np.testing.assert_array_equal(ga, gb, err_msg=f"{ka} vs {kb}")
+    assert nested.output_shape((3, 2, 4, 4)) == (3, 3)
+    state = nested.state_dict()
+    again = Sequential(L.Conv2D(2, 4, 3, padding=1), Sequential(L.Conv2D(4, 4, 3, padding=1), L.ReLU()),
+                       L.Flatten(), L.Affine(64, 3))
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again(x, train=False), nested(x, train=False))
+
+
+def test_a_nested_sequential_gives_its_input_gradient_only_when_asked():
+    x = np.random.default_rng(3).standard_normal((2, 3)).astype(np.float32)
+    model = Sequential(L.Affine(3, 4), L.ReLU())
+    model.forward(x)
+    assert model.backward(np.ones((2, 4), np.float32)) is None, "a top-level model skips its input gradient"
+    model.need_input_grad = True
+    dx = model.backward(np.ones((2, 4), np.float32))
+    assert dx.shape == (2, 3)
+    assert "need_input_grad" not in model[0].__dict__, "the child's own setting is restored"

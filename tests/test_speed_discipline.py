@@ -4,7 +4,9 @@ benchmark helper."""
 import numpy as np
 import pytest
 
-from gpucnn import backend, bench, kernels, models, ops
+from gpucnn import bench, models
+from gpucnn import devices as backend
+from gpucnn.devices import kernels, ops
 from gpucnn import layers as L
 from gpucnn.optim import Adam
 

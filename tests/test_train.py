@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from _synth import rewrite_checkpoint, write_idx_dataset
-from gpucnn import backend, checkpoint
-from gpucnn import train as T
+from gpucnn import devices as backend
+from gpucnn.train import checkpoint
+from gpucnn.train import loop as T
 from gpucnn.train import NumericalFaultError, TrainConfig, evaluate, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -277,7 +278,7 @@ def test_real_fashion_mnist_short_run(tmp_path):
 
 
 def test_without_matplotlib_pictures_are_skipped_with_one_line(data_dir, tmp_path, monkeypatch):
-    from gpucnn import plots
+    from gpucnn.train import plots
     monkeypatch.setattr(plots, "available", lambda: False)
     monkeypatch.setattr(T, "_warned_no_matplotlib", False)
     lines = []
@@ -287,7 +288,7 @@ def test_without_matplotlib_pictures_are_skipped_with_one_line(data_dir, tmp_pat
 
 
 def test_filter_grid_tiles_each_filter_scaled_on_its_own():
-    from gpucnn.plots import filter_grid
+    from gpucnn.train.plots import filter_grid
     w = np.zeros((5, 1, 3, 3))
     w[1] = np.arange(9).reshape(3, 3)            # 0..8 -> 0..1
     w[2] = -np.arange(9).reshape(3, 3) * 100.0   # scale does not matter

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpucnn import backend, ops, winograd
+from gpucnn import devices as backend
+from gpucnn.devices import ops, twins
+from gpucnn.layers import conv, winograd
 from gpucnn import layers as L
 from test_layers_torch import against_torch, assert_close, case_rng, leaf, randn
 
@@ -32,10 +34,10 @@ def winograd_conv(x, w, b, padding):
     return y, backward
 
 
-@pytest.mark.parametrize("block", [2, ops._COPY_BLOCK])
+@pytest.mark.parametrize("block", [2, twins._COPY_BLOCK])
 @pytest.mark.parametrize("case", SHAPES)
 def test_transforms_match_torch_in_float64(case, block, monkeypatch):
-    monkeypatch.setattr(ops, "_COPY_BLOCK", block)   # 2: the blocked transposing copies take several blocks
+    monkeypatch.setattr(twins, "_COPY_BLOCK", block)   # 2: the blocked transposing copies take several blocks
     n, c, o, (h, w), pad = case
     rng = case_rng(case)
     x, wt, b = rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, 3, 3)), rng.standard_normal(o)
@@ -50,7 +52,7 @@ def test_transforms_match_torch_in_float64(case, block, monkeypatch):
 
 
 def test_copy_blocked_copies_any_transpose(monkeypatch):
-    monkeypatch.setattr(ops, "_COPY_BLOCK", 3)
+    monkeypatch.setattr(twins, "_COPY_BLOCK", 3)
     src = np.arange(2 * 3 * 20, dtype=np.float32).reshape(20, 2, 3)
     out = np.empty((2, 3, 20), np.float32)
     ops.copy_blocked(out, src.transpose(1, 2, 0))
@@ -84,7 +86,7 @@ def test_conv2d_chooses_winograd_only_for_3x3_stride_1_where_it_pays(monkeypatch
     assert wide.uses_winograd(wide_shape)
     assert wide.column_bytes(wide_shape) == 16 * (4 * c) ** 2 * 4 > 16 * 16 * shape[0] * 4 * c * 4, \
         "the transformed filters (16 per filter and channel) outweigh V and M (16 per tile, sample and channel)"
-    monkeypatch.setattr(L, "_workspace_limit", 1000)
+    monkeypatch.setattr(conv, "_workspace_limit", 1000)
     assert not L.Conv2D(c, c, 3, padding=1).uses_winograd(shape)
 
 
@@ -95,7 +97,7 @@ def test_conv2d_falls_back_to_im2col_chunks_when_the_transforms_exceed_the_works
     need = 16 * 5 * 5 * 6 * 4 * 4      # 16 values per 2x2 output tile, per sample, per (output) channel, float32
     assert winograd.buffer_bytes(3, 4, 6, 10, 10, 4) == need
     assert layer.uses_winograd(shape) and layer.column_bytes(shape) == need
-    monkeypatch.setattr(L, "_workspace_limit", need - 1)
+    monkeypatch.setattr(conv, "_workspace_limit", need - 1)
     assert not layer.uses_winograd(shape)
     assert layer.column_bytes(shape) <= need - 1
     rng = np.random.default_rng(3)

@@ -1,7 +1,7 @@
-"""Array operations behind the conv and pooling layers: im2col/col2im and pooling, on any device.
+"""The numpy twins of the CUDA kernels: im2col/col2im, pooling, and the blocked transposing copy.
 
-Each function takes NCHW arrays. On the CPU it runs its numpy twin (the reference the CUDA kernels are
-tested against); on a GPU (real or emulated) it launches the custom kernel from :mod:`gpucnn.kernels`.
+Each function takes host NCHW arrays and is the reference its kernel in :mod:`.kernels` is tested against;
+:mod:`.ops` picks the twin on the CPU and the kernel on a GPU (real or emulated). This module imports numpy only.
 The column layout is channels-last ``(N, out_h, out_w, kh, kw, C)``, the same on both devices: seen as
 2-D ``(N*out_h*out_w, kh*kw*C)`` it makes the forward, weight-gradient and column-gradient products one
 plain GEMM each over all samples, and its ``(kw, C)`` blocks are contiguous rows of the channels-last
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
-
-from .backend import is_gpu_array
 
 
 def out_size(size: int, k: int, s: int, p: int) -> int:
@@ -60,9 +58,6 @@ def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
     (the columns are then valid until the next call with that dict): re-faulting fresh pages for a large
     array each step costs as much as filling them. On a GPU the memory pool recycles buffers; it is unused.
     """
-    if is_gpu_array(x):
-        from . import kernels
-        return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     tap_major = _tap_major(c, kw, ow)
@@ -100,9 +95,6 @@ def col2im(col, x_shape, sh, sw, ph, pw):
     layout whose rows are long for the columns' memory order (see im2col): NCHW for tap-major memory,
     channels-last otherwise.
     """
-    if is_gpu_array(col):
-        from . import kernels
-        return kernels.col2im(col, x_shape, sh, sw, ph, pw)
     n, c, h, w = x_shape
     _, oh, ow, kh, kw, _ = col.shape
     if col.transpose(3, 4, 5, 0, 1, 2).flags.c_contiguous:
@@ -138,9 +130,6 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
 
     Ties go to the first maximum in row-major window order and NaN wins, as in PyTorch.
     """
-    if is_gpu_array(x):
-        from . import kernels
-        return kernels.maxpool_forward(x, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     xp_ = _pad(x, ph, pw, value=-np.inf)
@@ -171,9 +160,6 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
 
 def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
     """Gradient of maxpool_forward: each dy goes to the input its window's argmax points at."""
-    if is_gpu_array(dy):
-        from . import kernels
-        return kernels.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
     tiled = (sh, sw, ph, pw, oh * kh, ow * kw) == (kh, kw, 0, 0, h, w)   # the windows cover x exactly once
@@ -201,9 +187,6 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
 
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw):
     """Mean over each window, padding counted as zeros (PyTorch's count_include_pad=True)."""
-    if is_gpu_array(x):
-        from . import kernels
-        return kernels.avgpool_forward(x, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x.shape
     oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
     xp_ = _pad(x, ph, pw)
@@ -217,9 +200,6 @@ def avgpool_forward(x, kh, kw, sh, sw, ph, pw):
 
 def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw):
     """Gradient of avgpool_forward: each dy spread evenly over its window."""
-    if is_gpu_array(dy):
-        from . import kernels
-        return kernels.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
@@ -243,7 +223,7 @@ def copy_blocked(out, src):
     streams a long strided axis misses the cache on every element: up to 10x slower).
     """
     n = out.shape[-1]
-    if is_gpu_array(out) or n <= 2 * _COPY_BLOCK:
+    if n <= 2 * _COPY_BLOCK:
         out[...] = src
         return out
     for s in range(0, n, _COPY_BLOCK):

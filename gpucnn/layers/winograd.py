@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import device_of, get_array_module, to_device
-from .ops import copy_blocked
+from ..devices import device_of, get_array_module, to_device
+from ..devices.ops import copy_blocked
 
 # Forward transforms of F(2x2, 3x3): input tile B^T (4 taps -> 4), filter G (3 taps -> 4), output A^T (4 -> 2).
 # The filter transform runs as a GEMM with kron(G, G); the others as adds and subtracts (_combine).

@@ -1,19 +1,18 @@
-"""Optimizers, learning-rate schedules and gradient clipping, running on whatever device the parameters live.
+"""Optimizers, running on whatever device the parameters live.
 
 An optimizer updates a dict of parameter arrays (keys like "0.W") in place from a dict of gradients with the
 same keys, with torch.optim's update rules. Per-parameter state lives on the parameter's device and is created
 at the first update; step counts and bias corrections stay on the host, so an update never syncs with the
-device. Schedules are pure functions of the global step, so a resumed run gets the same rates without state.
+device.
 """
 from __future__ import annotations
 
 import math
-import operator
 from numbers import Real
 
 import numpy as np
 
-from . import backend
+from .. import devices
 
 # ----------------------------------------------------------------------------------------- validation
 
@@ -111,7 +110,7 @@ class Optimizer:
             if g.shape != p.shape:
                 raise ValueError(f"{self.kind}.update: parameter {name!r} has shape {tuple(p.shape)}, "
                                  f"its gradient has shape {tuple(g.shape)}")
-            xp = backend.get_array_module(p, g)
+            xp = devices.get_array_module(p, g)
             st = self._state.get(name)
             if st is None:
                 st = self._state[name] = {"step": 0}
@@ -122,7 +121,7 @@ class Optimizer:
             if not self._state_fields() <= set(st):
                 self._init_state(xp, p, st)
         run = lambda job: self._step(*job, lr)
-        if any(backend.is_gpu_array(job[1]) for job in jobs):
+        if any(devices.is_gpu_array(job[1]) for job in jobs):
             for job in jobs:
                 run(job)
         else:
@@ -152,7 +151,7 @@ class Optimizer:
             d[f"state/{name}/shape"] = list(self._shapes[name])
             for field, arr in st.items():
                 if field != "step":
-                    d[f"state/{name}/{field}"] = np.array(backend.to_cpu(arr), copy=True)
+                    d[f"state/{name}/{field}"] = np.array(devices.to_cpu(arr), copy=True)
         return d
 
     def load_state_dict(self, d: dict, params: dict | None = None):
@@ -218,11 +217,11 @@ class Optimizer:
             if self._shapes[name] != tuple(p.shape):
                 raise ValueError(f"{where}: parameter {name!r} has shape {tuple(p.shape)}, the saved state "
                                  f"is for shape {self._shapes[name]}")
-        device = {name: backend.device_of(p) for name, p in params.items()}
+        device = {name: devices.device_of(p) for name, p in params.items()}
         for name, st in self._state.items():
             for field, arr in st.items():
                 if field != "step":
-                    arr = backend.to_device(arr.astype(params[name].dtype, copy=False), device[name])
+                    arr = devices.to_device(arr.astype(params[name].dtype, copy=False), device[name])
                     st[field] = arr
         self._pending = False
 
@@ -426,157 +425,3 @@ def get(name: str, **kw) -> Optimizer:
         raise ValueError(f"unknown optimizer {name!r}: expected one of {', '.join(_OPTIMIZERS)}")
     cls, defaults = _OPTIMIZERS[key]
     return cls(**{**defaults, **{k: v for k, v in kw.items() if v is not None}})
-
-
-# ------------------------------------------------------------------------------------------ schedules
-
-
-class Schedule:
-    """A learning rate as a pure function of the global step (0 = the first update)."""
-
-    base_lr: float
-
-    def lr_at(self, step: int) -> float:
-        raise NotImplementedError
-
-    def apply(self, optimizer: Optimizer, step: int) -> float:
-        """Set optimizer.lr for the update about to be made at `step`; returns the rate."""
-        optimizer.lr = self.lr_at(step)
-        return optimizer.lr
-
-    def _check_step(self, step):
-        try:
-            s = operator.index(step)
-        except TypeError:
-            raise TypeError(f"{type(self).__name__}: step must be an integer, got {step!r}") from None
-        if s < 0:
-            raise ValueError(f"{type(self).__name__}: step must be >= 0, got {s}")
-        return s
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
-
-
-class ConstantLR(Schedule):
-    """The same rate at every step."""
-
-    def __init__(self, base_lr):
-        self.base_lr = _real("ConstantLR", "base_lr", base_lr)
-
-    def lr_at(self, step):
-        self._check_step(step)
-        return self.base_lr
-
-
-class StepLR(Schedule):
-    """base_lr * gamma ** (step // step_size), as torch.optim.lr_scheduler.StepLR."""
-
-    def __init__(self, base_lr, step_size, gamma=0.1):
-        self.base_lr = _real("StepLR", "base_lr", base_lr)
-        if isinstance(step_size, bool) or not isinstance(step_size, (int, np.integer)) or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be an integer >= 1, got {step_size!r}")
-        self.step_size = int(step_size)
-        self.gamma = _real("StepLR", "gamma", gamma)
-
-    def lr_at(self, step):
-        return self.base_lr * self.gamma ** (self._check_step(step) // self.step_size)
-
-
-class CosineLR(Schedule):
-    """Half a cosine from base_lr down to min_lr over total_steps, then min_lr, as torch's CosineAnnealingLR
-    with T_max=total_steps, eta_min=min_lr (which would rise again after T_max)."""
-
-    def __init__(self, base_lr, total_steps, min_lr=0.0):
-        self.base_lr = _real("CosineLR", "base_lr", base_lr)
-        if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-            raise ValueError(f"CosineLR: total_steps must be an integer >= 1, got {total_steps!r}")
-        self.total_steps = int(total_steps)
-        self.min_lr = _real("CosineLR", "min_lr", min_lr, hi=self.base_lr)
-
-    def lr_at(self, step):
-        t = min(self._check_step(step), self.total_steps)
-        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t / self.total_steps)) / 2.0
-
-
-class WarmupLR(Schedule):
-    """A schedule (or a constant rate) scaled by min(1, (step + 1) / warmup_steps): a linear ramp from
-    base/warmup_steps at step 0 to the full schedule at step warmup_steps - 1 (torch's LinearLR with
-    start_factor=1/warmup_steps, total_iters=warmup_steps-1)."""
-
-    def __init__(self, schedule_or_base_lr, warmup_steps):
-        if isinstance(schedule_or_base_lr, Schedule):
-            self.schedule = schedule_or_base_lr
-        else:
-            self.schedule = ConstantLR(schedule_or_base_lr)
-        if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, (int, np.integer)) or warmup_steps < 0:
-            raise ValueError(f"WarmupLR: warmup_steps must be an integer >= 0, got {warmup_steps!r}")
-        self.warmup_steps = int(warmup_steps)
-        self.base_lr = self.schedule.base_lr
-
-    def lr_at(self, step):
-        step = self._check_step(step)
-        lr = self.schedule.lr_at(step)
-        if step + 1 < self.warmup_steps:
-            lr *= (step + 1) / self.warmup_steps
-        return lr
-
-
-_SCHEDULES = ("constant", "step", "cosine")
-
-
-def schedule_names() -> list[str]:
-    """Schedule names accepted by make_schedule() (and the CLI)."""
-    return list(_SCHEDULES)
-
-
-def make_schedule(name: str, base_lr: float, total_steps: int, warmup_steps: int = 0, *, step_size=None,
-                  gamma=0.1, min_lr=0.0) -> Schedule:
-    """A schedule by name over a run of total_steps updates, with an optional linear warm-up.
-
-    "step" decays by gamma every step_size updates (default: a third of the run).
-    """
-    key = str(name).strip().lower()
-    if key == "constant":
-        sched = ConstantLR(base_lr)
-    elif key == "step":
-        sched = StepLR(base_lr, step_size if step_size is not None else max(1, int(total_steps) // 3), gamma)
-    elif key == "cosine":
-        sched = CosineLR(base_lr, total_steps, min_lr)
-    else:
-        raise ValueError(f"unknown learning-rate schedule {name!r}: expected one of {', '.join(_SCHEDULES)}")
-    return WarmupLR(sched, warmup_steps) if warmup_steps else sched
-
-
-# ------------------------------------------------------------------------------------------ gradients
-
-
-def _grad_list(grads):
-    gs = list(grads.values()) if isinstance(grads, dict) else list(grads)
-    return gs, backend.get_array_module(*gs)
-
-
-def clip_grad_norm(grads, max_norm: float):
-    """Scale all gradients in place so their joint L2 norm is at most max_norm, as
-    torch.nn.utils.clip_grad_norm_; returns the norm before clipping as a 0-d array on the gradients' device.
-
-    The scale min(1, max_norm / (norm + 1e-6)) is computed and applied on the device: no host sync.
-    """
-    max_norm = _real("clip_grad_norm", "max_norm", max_norm, lo_open=True)
-    gs, xp = _grad_list(grads)
-    if not gs:
-        return xp.asarray(0.0)
-    norms = xp.stack([xp.linalg.norm(g.ravel()) for g in gs])
-    total = xp.asarray(xp.linalg.norm(norms))
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in gs:
-        g *= coef
-    return total
-
-
-def grads_finite(grads):
-    """A 0-d bool array on the gradients' device: True when no gradient holds a NaN or an infinity."""
-    gs, xp = _grad_list(grads)
-    if not gs:
-        return xp.asarray(True)
-    return xp.asarray(xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in gs])))

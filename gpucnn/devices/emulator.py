@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import EmulatedArray
+from .emulated import EmulatedArray
 
 CXX = os.environ.get("CXX", "g++")
 CXXFLAGS = ("-O2", "-shared", "-fPIC")

@@ -7,7 +7,7 @@ the device and the run stops at the next read-back with NumericalFaultError, bef
 is written; with ``"skip"`` such steps are skipped (no update, batch-norm statistics restored) and counted,
 which reads one flag back per step (a host sync per step, on a GPU only in this mode).
 Outputs in ``out``: ``metrics.jsonl`` (a row per epoch), ``checkpoint.npz`` (written atomically at each
-epoch end, see :mod:`gpucnn.checkpoint`), ``curves.png`` and ``filters.png``.
+epoch end, see :mod:`gpucnn.train.checkpoint`), ``curves.png`` and ``filters.png``.
 
 Runs are reproducible: a seed fixes the initial weights, the data order of every epoch (derived from
 (seed, epoch)), dropout and augmentation; a resumed run restores the model, the optimizer state, the
@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backend, checkpoint, models, optim, plots
-from .backend import to_cpu
+from .. import devices
+from .. import models, optim
+from . import checkpoint, plots
+from ..devices import to_cpu
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -84,7 +86,7 @@ class TrainConfig:
     download: bool = True             # download the dataset if it is not found locally
 
     def out_dir(self) -> str:
-        from .data import dataset_spec
+        from ..data import dataset_spec
         name = f"{models.canonical_name(self.model)}-{dataset_spec(self.dataset).name}"
         return self.out or os.path.join("runs", name)
 
@@ -124,7 +126,7 @@ def _validate(cfg: TrainConfig):
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
     models.canonical_name(cfg.model)
-    from .data import dataset_spec
+    from ..data import dataset_spec
     dataset_spec(cfg.dataset)
     if cfg.out is not None and not str(cfg.out).strip():
         raise ValueError(f"out must be a folder path, got {cfg.out!r}")
@@ -149,7 +151,7 @@ def resume_config(out: str, **overrides) -> TrainConfig:
 
 def _check_resumable(cfg: TrainConfig, saved: dict, path: str):
     """ValueError unless cfg keeps the run-defining settings of the saved run."""
-    from .data import dataset_spec
+    from ..data import dataset_spec
 
     def norm(name, v):
         if v is not None and name == "model":
@@ -168,7 +170,7 @@ def _check_resumable(cfg: TrainConfig, saved: dict, path: str):
 
 def _read(*scalars) -> list[float]:
     """Device scalars -> host floats with one device-to-host transfer."""
-    xp = backend.get_array_module(*scalars)
+    xp = devices.get_array_module(*scalars)
     host = to_cpu(xp.stack([xp.asarray(s, dtype=xp.float64) for s in scalars]))
     return [float(v) for v in host]
 
@@ -235,14 +237,14 @@ def evaluate(model, loader, loss_layer=None):
     The confusion matrix is a host int64 array, rows = true class, columns = predicted class. Sums stay on
     the device until the end: one device-to-host transfer in all.
     """
-    from .layers import SoftmaxCrossEntropy
+    from ..layers import SoftmaxCrossEntropy
     loss_layer = loss_layer or SoftmaxCrossEntropy()
     loss_sum = counts = None
     n = 0
     k = None
     for x, y in loader:
         logits = model.forward(x, train=False)
-        xp = backend.get_array_module(logits)
+        xp = devices.get_array_module(logits)
         if counts is None:
             k = int(logits.shape[1])
             loss_sum = xp.zeros((), dtype=xp.float64)
@@ -252,7 +254,7 @@ def evaluate(model, loader, loss_layer=None):
         n += int(x.shape[0])
     if counts is None:
         raise ValueError("evaluate: the loader yielded no batches")
-    xp = backend.get_array_module(counts)
+    xp = devices.get_array_module(counts)
     host = to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
     confusion = host[:-1].astype(np.int64).reshape(k, k)
     return float(host[-1]) / n, float(np.trace(confusion)) / n, confusion
@@ -270,7 +272,7 @@ def augmentations(augment, dataset: str) -> tuple:
 
 
 def _loaders(cfg: TrainConfig, device):
-    from . import data
+    from .. import data
     train_set = data.load_dataset(cfg.dataset, "train", data_dir=cfg.data_dir, download=cfg.download)
     test_set = data.load_dataset(cfg.dataset, "test", data_dir=cfg.data_dir, download=cfg.download)
     train_loader = data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
@@ -331,8 +333,8 @@ class _Run:
         if config.resume:
             saved = checkpoint.load(self.ckpt_path)
             _check_resumable(config, saved.config, self.ckpt_path)
-        self.device = backend.get_device(config.device)
-        backend.seed(config.seed)
+        self.device = devices.get_device(config.device)
+        devices.seed(config.seed)
         self.train_set, self.train_loader, self.test_loader = _loaders(config, self.device)
         self.model_name = models.canonical_name(config.model)
         self.model_kwargs = model_kwargs_for(self.train_set)
@@ -341,7 +343,7 @@ class _Run:
         self.steps_per_epoch = len(self.train_loader)
         self.schedule = optim.make_schedule(config.schedule, config.lr, config.epochs * self.steps_per_epoch,
                                             config.warmup)
-        from .layers import SoftmaxCrossEntropy
+        from ..layers import SoftmaxCrossEntropy
         self.loss_layer = SoftmaxCrossEntropy()
         self.history: list[dict] = []
         self.start_epoch, self.global_step = 1, 0
@@ -369,7 +371,7 @@ class _Run:
             if saved.optim_state is not None:
                 self.opt.load_state_dict(saved.optim_state)
             if saved.rng_state is not None:
-                backend.set_rng_state(saved.rng_state)
+                devices.set_rng_state(saved.rng_state)
             self.history = [row for row in saved.history if row["epoch"] <= saved.epoch]
         except checkpoint.CheckpointError:
             raise
@@ -467,7 +469,7 @@ class _Run:
         self.history.append(row)
         checkpoint.save(self.ckpt_path, model_name=self.model_name, model_kwargs=self.model_kwargs,
                         model_state=self.model.state_dict(), optim_state=self.opt.state_dict(), epoch=epoch,
-                        step=self.global_step, rng_state=backend.get_rng_state(),
+                        step=self.global_step, rng_state=devices.get_rng_state(),
                         config=dataclasses.asdict(self.config), history=self.history)
         _append_metrics(self.metrics_path, row)
         train_text = ("train loss - acc -" if row["train_loss"] is None else

@@ -1,8 +1,8 @@
 """The one module that loads and launches the custom CUDA kernels (``kernels/*.cu``).
 
 Each source is compiled once per device and cached for the process (cupy.RawModule on a GPU, the g++
-emulator on the ``emulated`` device, both via :func:`gpucnn.backend.compile_module`). The launchers below
-mirror the numpy twins in :mod:`gpucnn.ops`: same arguments, same results. They allocate with ``xp.empty``
+emulator on the ``emulated`` device, both via :func:`gpucnn.devices.core.compile_module`). The launchers below
+mirror the numpy twins in :mod:`gpucnn.devices.twins`: same arguments, same results. They allocate with ``xp.empty``
 (every kernel writes each output element exactly once), pass scalars with the exact C types of the kernel
 signatures (``long long`` totals as np.int64, shapes as np.int32), and launch grid-stride kernels with
 256-thread blocks.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .ops import out_size
+from . import core
+from .twins import out_size
 
 OPTIONS = ("--std=c++17",)
 BLOCK = 256
@@ -62,7 +62,7 @@ def _locate() -> tuple[dict[str, Path], str]:
             return dict(sorted(found.items())), "package"
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         pass
-    checkout = Path(__file__).resolve().parent.parent / "kernels"
+    checkout = Path(__file__).resolve().parents[2] / "kernels"
     found = {p.name: p for p in sorted(checkout.glob("*.cu"))}
     if not found:
         raise FileNotFoundError(
@@ -96,7 +96,7 @@ class _Cache:
 _cache = _Cache()
 
 
-def _module(source: str, device: backend.Device):
+def _module(source: str, device: core.Device):
     key = (source, device)
     mod = _cache.modules.get(key)
     if mod is not None:
@@ -107,7 +107,7 @@ def _module(source: str, device: backend.Device):
             code = _read_source(source)
             _cache.counts[(source, str(device))] += 1
             try:
-                mod = backend.compile_module(code, OPTIONS, device)
+                mod = core.compile_module(code, OPTIONS, device)
                 compile_now = getattr(mod, "compile", None)   # cupy compiles lazily: surface errors here
                 if compile_now is not None:
                     compile_now()
@@ -119,7 +119,7 @@ def _module(source: str, device: backend.Device):
     return mod
 
 
-def get_function(source: str, kernel: str, device: backend.Device):
+def get_function(source: str, kernel: str, device: core.Device):
     """The compiled kernel `kernel` from `source` on `device` (compiling the source on first use)."""
     key = (source, kernel, device)
     fn = _cache.functions.get(key)
@@ -153,7 +153,7 @@ def info() -> dict:
 
 def _device_scope(array):
     """Launch on the array's own GPU (cupy arrays carry a Device usable as a context manager)."""
-    return array.device if backend.device_of(array).kind == "cuda" else contextlib.nullcontext()
+    return array.device if core.device_of(array).kind == "cuda" else contextlib.nullcontext()
 
 
 def _launch_config(total: int, launch):
@@ -167,7 +167,7 @@ def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
     if total == 0:
         return
     source, base = KERNELS[op]
-    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(array.dtype)]}", backend.device_of(array))
+    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(array.dtype)]}", core.device_of(array))
     grid, block = _launch_config(total, launch)
     fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
 
@@ -196,13 +196,13 @@ def _check_float(what, *arrays):
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); see ops.im2col.
+    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); see twins.im2col.
 
     The kernel reads x in place (NCHW) and writes the channels-last columns: no transpose on the device.
     """
     _check_float("im2col", x)
     n, c, h, w, oh, ow = _geometry("im2col", x.shape, kh, kw, sh, sw, ph, pw)
-    xp = backend.get_array_module(x)
+    xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
         col = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
@@ -211,7 +211,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
 
 
 def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
-    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) -> (N, C, H, W); see ops.col2im.
+    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) -> (N, C, H, W); see twins.col2im.
 
     The kernel gathers each NCHW pixel from the channels-last columns: no transpose on the device.
     """
@@ -223,7 +223,7 @@ def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
     if tuple(col.shape) != (n, oh, ow, kh, kw, c):
         raise ValueError(f"col2im: columns of shape {col.shape} do not match image {tuple(x_shape)} with "
                          f"stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, oh, ow, kh, kw, c)})")
-    xp = backend.get_array_module(col)
+    xp = core.get_array_module(col)
     with _device_scope(col):
         col = xp.ascontiguousarray(col)
         x = xp.empty((n, c, h, w), dtype=col.dtype)
@@ -232,10 +232,10 @@ def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
 
 
 def maxpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Max over each window -> (y, argmax int32 offset i*kw+j); see ops.maxpool_forward."""
+    """Max over each window -> (y, argmax int32 offset i*kw+j); see twins.maxpool_forward."""
     _check_float("maxpool_forward", x)
     n, c, h, w, oh, ow = _geometry("maxpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
-    xp = backend.get_array_module(x)
+    xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
         y = xp.empty((n, c, oh, ow), dtype=x.dtype)
@@ -254,13 +254,13 @@ def _check_pooled(what, dy, x_shape, kh, kw, sh, sw, ph, pw):
 
 
 def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Gradient of maxpool_forward, gathered per input pixel; see ops.maxpool_backward."""
+    """Gradient of maxpool_forward, gathered per input pixel; see twins.maxpool_backward."""
     _check_float("maxpool_backward", dy)
     n, c, h, w, oh, ow = _check_pooled("maxpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
     if tuple(argmax.shape) != tuple(dy.shape) or np.dtype(argmax.dtype) != np.int32:
         raise TypeError(f"maxpool_backward: argmax must be int32 of shape {dy.shape} (from maxpool_forward), "
                         f"got {argmax.dtype} of shape {argmax.shape}")
-    xp = backend.get_array_module(dy, argmax)
+    xp = core.get_array_module(dy, argmax)
     with _device_scope(dy):
         dy, argmax = xp.ascontiguousarray(dy), xp.ascontiguousarray(argmax)
         dx = xp.empty((n, c, h, w), dtype=dy.dtype)
@@ -270,10 +270,10 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None
 
 
 def avgpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Mean over each window, padding counted as zeros; see ops.avgpool_forward."""
+    """Mean over each window, padding counted as zeros; see twins.avgpool_forward."""
     _check_float("avgpool_forward", x)
     n, c, h, w, oh, ow = _geometry("avgpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
-    xp = backend.get_array_module(x)
+    xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
         y = xp.empty((n, c, oh, ow), dtype=x.dtype)
@@ -282,10 +282,10 @@ def avgpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
 
 
 def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Gradient of avgpool_forward, gathered per input pixel; see ops.avgpool_backward."""
+    """Gradient of avgpool_forward, gathered per input pixel; see twins.avgpool_backward."""
     _check_float("avgpool_backward", dy)
     n, c, h, w, oh, ow = _check_pooled("avgpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
-    xp = backend.get_array_module(dy)
+    xp = core.get_array_module(dy)
     with _device_scope(dy):
         dy = xp.ascontiguousarray(dy)
         dx = xp.empty((n, c, h, w), dtype=dy.dtype)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .atomic import atomic_write as _atomic_write
-from .backend import to_cpu
+from ..atomic import atomic_write as _atomic_write
+from ..devices import to_cpu
 
 FORMAT_VERSION = 1
 _TEMP_PREFIX = ".gpucnn-ckpt-"

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .backend import host_rng
+from ..devices import host_rng
 
 __all__ = ["he_normal", "xavier_uniform", "zeros", "fans", "initialise", "INITS"]
 

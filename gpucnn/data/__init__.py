@@ -1,0 +1,16 @@
+"""Datasets (MNIST, Fashion-MNIST, CIFAR-10): validating readers, lookup, verified download, and the loader.
+
+Images come back as uint8 ``(N, C, H, W)`` and labels as int64 ``(N,)`` (int64 to match PyTorch's targets).
+:mod:`.datasets` (the registry and the Dataset type), :mod:`.readers` (idx, CIFAR), :mod:`.sources`
+(``load_dataset``: lookup in ``data_dir``, ``$GPUCNN_DATA``, ``~/.cache/gpucnn/<name>`` and the Debian package's
+folder, then a download checked against the published SHA-256) and :mod:`.loader` (``DataLoader``: batches,
+per-epoch shuffling from ``(seed, epoch)``, augmentation, normalisation, transfer to the device).
+"""
+from .datasets import DATASETS, Dataset, DatasetError, channel_stats, dataset_spec
+from .loader import AUGMENTATIONS, DataLoader
+from .readers import read_cifar10, read_cifar_batch, read_idx, read_idx_images, read_idx_labels, read_mnist
+from .sources import DownloadError, cache_dir, download_file, fetch, load_dataset, search_places
+
+__all__ = ["DATASETS", "Dataset", "DatasetError", "channel_stats", "dataset_spec", "AUGMENTATIONS", "DataLoader",
+           "read_cifar10", "read_cifar_batch", "read_idx", "read_idx_images", "read_idx_labels", "read_mnist",
+           "DownloadError", "cache_dir", "download_file", "fetch", "load_dataset", "search_places"]

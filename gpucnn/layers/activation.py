@@ -1,0 +1,72 @@
+"""Elementwise activations."""
+from __future__ import annotations
+
+from .base import Layer, _float_arg
+
+
+class _Elementwise(Layer):
+    """Layers whose output has the input's shape; the cache holds what backward needs plus that shape."""
+
+    def forward(self, x, train=None):
+        xp = self._begin(x)
+        y, saved = self._forward(xp, x)
+        return self._save(saved, y)
+
+    def backward(self, dout):
+        saved = self._saved(dout)
+        xp = self._xp(dout, saved)
+        if not self.need_input_grad:
+            return None
+        return self._backward(xp, dout, saved)
+
+
+class ReLU(_Elementwise):
+    """max(x, 0); gradient 0 at x == 0 (as PyTorch)."""
+
+    def _forward(self, xp, x):
+        y = xp.maximum(x, 0)
+        return y, y
+
+    def _backward(self, xp, dout, y):
+        return dout * (y > 0)
+
+
+class LeakyReLU(_Elementwise):
+    """x for x > 0, negative_slope * x otherwise."""
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = _float_arg(negative_slope, "negative_slope", "LeakyReLU", -float("inf"), float("inf"))
+
+    def __repr__(self):
+        return f"LeakyReLU(negative_slope={self.negative_slope})"
+
+    def _forward(self, xp, x):
+        positive = x > 0
+        return xp.where(positive, x, x * self.negative_slope), positive
+
+    def _backward(self, xp, dout, positive):
+        return xp.where(positive, dout, dout * self.negative_slope)
+
+
+class Sigmoid(_Elementwise):
+    """1 / (1 + exp(-x)), computed from exp(-|x|) so it never overflows."""
+
+    def _forward(self, xp, x):
+        z = xp.exp(-xp.abs(x))
+        y = xp.where(x >= 0, 1 / (1 + z), z / (1 + z))
+        return y, y
+
+    def _backward(self, xp, dout, y):
+        return dout * y * (1 - y)
+
+
+class Tanh(_Elementwise):
+    """tanh(x)."""
+
+    def _forward(self, xp, x):
+        y = xp.tanh(x)
+        return y, y
+
+    def _backward(self, xp, dout, y):
+        return dout * (1 - y * y)

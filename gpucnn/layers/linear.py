@@ -1,0 +1,60 @@
+"""Fully connected layers and reshaping."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Layer, _dtype_arg, _init_arg, _int_arg
+from .init import initialise, zeros
+
+
+class Affine(Layer):
+    """Fully connected: y = x.reshape(N, -1) @ W + b, with W of shape (in_features, out_features)."""
+
+    def __init__(self, in_features, out_features, init="he", dtype=np.float32):
+        super().__init__()
+        name = "Affine"
+        self.in_features = _int_arg(in_features, "in_features", name, 1)
+        self.out_features = _int_arg(out_features, "out_features", name, 1)
+        dtype = _dtype_arg(dtype, name)
+        self._add_param("W", initialise(_init_arg(init, name), (self.in_features, self.out_features), dtype))
+        self._add_param("b", zeros((self.out_features,), dtype))
+
+    def __repr__(self):
+        return f"Affine({self.in_features}, {self.out_features})"
+
+    def output_shape(self, shape):
+        if len(shape) < 2 or int(np.prod(shape[1:])) != self.in_features:
+            raise ValueError(f"{self!r}: expected input (N, {self.in_features}) or (N, ...) with "
+                             f"{self.in_features} features per sample, got shape {tuple(shape)}")
+        return (shape[0], self.out_features)
+
+    def forward(self, x, train=None):
+        self._begin(x)
+        x2 = x.reshape(x.shape[0], -1)
+        return self._save((x2, x.shape), x2 @ self.params["W"] + self.params["b"])
+
+    def backward(self, dout):
+        x2, x_shape = self._saved(dout)
+        xp = self._xp(dout, x2, *self.params.values())
+        xp.matmul(x2.T, dout, out=self.grads["W"])   # straight into the gradient: no temporary to copy
+        xp.sum(dout, axis=0, out=self.grads["b"])
+        if not self.need_input_grad:
+            return None
+        return (dout @ self.params["W"].T).reshape(x_shape)
+
+
+class Flatten(Layer):
+    """(N, ...) -> (N, features)."""
+
+    def output_shape(self, shape):
+        if len(shape) < 1:
+            raise ValueError(f"{self!r}: expected an input (N, ...) with a batch dimension, got shape {tuple(shape)}")
+        return (shape[0], int(np.prod(shape[1:])))
+
+    def forward(self, x, train=None):
+        self._begin(x)
+        return self._save(x.shape, x.reshape(self.output_shape(x.shape)))
+
+    def backward(self, dout):
+        shape = self._saved(dout)
+        return dout.reshape(shape) if self.need_input_grad else None
