@@ -90,7 +90,7 @@ def read_npz(path, split: str = "train") -> Dataset:
             names = [str(c) for c in np.atleast_1d(z["classes"])] if "classes" in keys else None
         except (OSError, ValueError, EOFError) as e:
             raise DatasetError(f"{path}: corrupt .npz file ({type(e).__name__}: {e})") from None
-    labels = {s: _labels(y, f"{path}: y_{s}") for s, y in raw_labels.items()}
+    labels = {s: class_indices(y, f"{path}: y_{s}") for s, y in raw_labels.items()}
     images = images_nchw(x, f"{path}: x_{split}", layout)
     y = labels[split]
     if len(y) != len(images):
@@ -103,7 +103,7 @@ def read_npz(path, split: str = "train") -> Dataset:
     return Dataset(images, y, names, _name(path), split, str(path))
 
 
-def _labels(y, where) -> np.ndarray:
+def class_indices(y, where) -> np.ndarray:
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
