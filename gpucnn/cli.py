@@ -215,7 +215,6 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------- eval, predict
 
 def _cmd_eval(args) -> int:
-    from . import devices
     from .data import DataLoader
     from .train import evaluate, inputs
     from .train.predict import data_meta, load_model
@@ -223,8 +222,8 @@ def _cmd_eval(args) -> int:
         raise UsageError(f"--limit-test must be a positive integer, got {args.limit_test}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    device = devices.get_device(args.device)
-    model, ckpt = load_model(args.checkpoint, args.model, device)
+    model, ckpt = load_model(args.checkpoint, args.model, args.device)
+    device = model.device
     cfg, meta = ckpt.config, data_meta(ckpt)
     dataset = args.dataset or cfg.get("dataset")
     val_split = cfg.get("val_split") if isinstance(cfg.get("val_split"), float) else None

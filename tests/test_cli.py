@@ -92,7 +92,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
     (["train", "--bogus"], r"unrecognized arguments: --bogus"),
     (["eval"], r"the following arguments are required: --checkpoint"),
-    ([], r"choose a command: train, eval, bench, info, models"),
+    ([], r"choose a command: train, eval, predict, bench, info, models"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -104,13 +104,24 @@ def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, mo
     assert not (tmp_path / "runs").exists()
 
 
+def assert_error(stderr, pattern):
+    """An error that lists things keeps its line breaks: the first line is the error, the others its list."""
+    assert "Traceback" not in stderr and stderr.startswith("gpucnn: error: "), stderr
+    assert not stderr.startswith("gpucnn: error: \n") and "\n\n" not in stderr and stderr.endswith("\n")
+    assert re.search(pattern, stderr, re.S), stderr
+    return stderr.splitlines()
+
+
 def test_missing_data(data_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))        # no download cache to find it in either
     monkeypatch.delenv("GPUCNN_DATA", raising=False)
     args = tiny_train_args(str(tmp_path / "nothing"), tmp_path / "out", "--no-download")
     assert cli.main(args) == 2
-    lines = assert_one_error_line(capsys.readouterr().err, r"mnist \(train split\) not found.*nothing")
-    assert len(lines) == 1
+    lines = assert_error(capsys.readouterr().err, r"mnist \(train split\) not found.*nothing")
+    assert lines[0].endswith("not found. Looked for train-images-idx3-ubyte and train-labels-idx1-ubyte "
+                             "(.gz or not) in:")
+    assert lines[1] == f"  {tmp_path / 'nothing' / 'mnist'}  (data_dir / --data-dir)"   # one place a line
+    assert "Downloading was turned off (--no-download)." in lines and "download=False" not in "".join(lines)
 
 
 def test_numerical_fault_is_a_user_error(data_dir, tmp_path):
@@ -149,8 +160,8 @@ def test_default_device_error_run_has_one_line_on_stderr(tmp_path):
     goes to stdout, so a failing command's stderr is still its one error line."""
     p = gpucnn_cmd("train", "--dataset", "mnist", "--data-dir", tmp_path, "--no-download", cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert len(assert_one_error_line(p.stderr, r"mnist \(train split\) not found")) == 1
-    assert p.stderr.count("\n") == 1, p.stderr
+    assert_error(p.stderr, r"mnist \(train split\) not found")
+    assert p.stderr.count("gpucnn:") == 1, p.stderr
     assert "error" not in p.stdout
 
 
