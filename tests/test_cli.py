@@ -2,17 +2,14 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import gpucnn
+from _cli import assert_error, assert_one_error_line, gpucnn_cmd
 from _synth import write_idx_dataset
 from gpucnn import cli
-
-REPO = str(Path(gpucnn.__file__).resolve().parent.parent)
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +17,10 @@ def data_dir(tmp_path_factory):
     return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=128, n_test=64, size=16)
 
 
-def gpucnn_cmd(*args, cwd=None):
-    """Run `python -m gpucnn ARGS` in a fresh interpreter; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("GPUCNN_DEVICE", None)
-    env.pop("GPUCNN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "gpucnn", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
-
-
 def tiny_train_args(data_dir, out, *extra):
     return ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--no-download", "--epochs", "1",
             "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu", "--out", str(out),
             *extra]
-
-
-def assert_one_error_line(stderr, pattern):
-    lines = stderr.strip().splitlines()
-    assert "Traceback" not in stderr
-    assert len(lines) == 1 and lines[0].startswith("gpucnn: error:"), f"expected one error line, got:\n{stderr}"
-    assert re.search(pattern, lines[0]), lines[0]
-    return lines
 
 
 def test_train_then_eval_in_subprocesses(data_dir, tmp_path):
@@ -102,14 +82,6 @@ def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, mo
     captured = capsys.readouterr()
     assert_one_error_line(captured.err, pattern)
     assert not (tmp_path / "runs").exists()
-
-
-def assert_error(stderr, pattern):
-    """An error that lists things keeps its line breaks: the first line is the error, the others its list."""
-    assert "Traceback" not in stderr and stderr.startswith("gpucnn: error: "), stderr
-    assert not stderr.startswith("gpucnn: error: \n") and "\n\n" not in stderr and stderr.endswith("\n")
-    assert re.search(pattern, stderr, re.S), stderr
-    return stderr.splitlines()
 
 
 def test_missing_data(data_dir, tmp_path, capsys, monkeypatch):
