@@ -6,8 +6,8 @@ metrics history, the optimizer state's skeleton, and ``data``: class names, imag
 normalisation the model was trained with), ``model/<key>`` (the model's state_dict) and ``optim/<n>``
 (the arrays of the optimizer state, referenced from the skeleton, numbered in the state's order).
 
-The same contents give the same bytes: the zip members carry a fixed date (1980-01-01) instead of the
-time of writing, and every name and order comes from the run, never from set iteration or hashing.
+The same contents give the same bytes: np.savez dates every zip member 1980-01-01 (zipfile's default, not
+the time of writing), and every name and order comes from the run, never from set iteration or hashing.
 
 A write goes to a temporary file in the same directory, is flushed and fsynced, then renamed over the
 old checkpoint (``os.replace`` is atomic) and the directory is fsynced: a crash at any moment leaves
@@ -84,22 +84,9 @@ def save(path, *, model_name: str, model_kwargs: dict, model_state: dict, optim_
     arrays.update(optim_arrays)
     arrays["__format__"] = np.array(FORMAT_VERSION, dtype=np.int64)
     arrays["__meta__"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: write_npz(f, arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
     return path
 
-
-_ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # the earliest date a zip entry can hold; np.savez writes the current time
-
-
-def write_npz(f, arrays: dict):
-    """np.savez's format (stored, one NAME.npy member per array, in the dict's order) with a fixed date in
-    every member, so that equal arrays give equal bytes."""
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_DATE)
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
 
 def atomic_write(path, write):
