@@ -496,7 +496,8 @@ def run_torch_groups(cls, kwargs, groups, params, grad_seq):
     (optim.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1), {"weight_decay": 0.0}, {"weight_decay": 0.0}),
     (optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01),
      {"lr_scale": 0.5, "momentum": 0.5}, {"lr": 0.025, "momentum": 0.5}),
-    (optim.Adam, torch.optim.Adam, dict(lr=0.01), {"betas": (0.8, 0.9), "eps": 1e-6}, {"betas": (0.8, 0.9), "eps": 1e-6}),
+    (optim.Adam, torch.optim.Adam, dict(lr=0.01), {"betas": (0.8, 0.9), "eps": 1e-6},
+     {"betas": (0.8, 0.9), "eps": 1e-6}),
 ])
 def test_groups_match_torch_param_groups(ours, tcls, tkw, group, tgroup):
     params, grad_seq = make_params(np.float64), make_grads(np.float64)

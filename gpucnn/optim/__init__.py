@@ -10,4 +10,5 @@ from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSprop, get, name
 from .schedules import ConstantLR, CosineLR, Schedule, StepLR, WarmupLR, make_schedule, schedule_names
 
 __all__ = ["Optimizer", "SGD", "AdaGrad", "RMSprop", "Adam", "AdamW", "get", "names", "Schedule", "ConstantLR",
-           "StepLR", "CosineLR", "WarmupLR", "make_schedule", "schedule_names", "clip_grad_norm", "grads_finite", "no_weight_decay"]
+           "StepLR", "CosineLR", "WarmupLR", "make_schedule", "schedule_names", "clip_grad_norm", "grads_finite",
+           "no_weight_decay"]

@@ -163,101 +163,171 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
               "early_stop": early_stopping, "select": select, "test_every_epoch": bool(test_every_epoch),
               "seed": seed, "on_nonfinite": on_nonfinite, "limit_train": limit_train, "limit_test": limit_test,
               "device": device}
-    opt = make_optimizer(optimizer, lr, weight_decay, decay_all).resolve(net.params)
-    train_loader, val_loader, test_loader = _inputs.loaders(data, batch_size=batch_size, seed=seed, augment=augment,
-                                                            device=dev)
-    steps = len(train_loader)
-    sched = optim.make_schedule(schedule, lr, epochs * steps, warmup)
-    history = History(select=select, model=net, out=folder.path if folder else None, device=str(dev),
-                      classes=data.classes)
-    start_epoch, step, best_state = 1, 0, None
     if saved is not None:
         _check_same_run(config, saved, name, data)
-        step, best_state = saved.step, _restore(saved, net, opt, folder, history, select)
-        start_epoch = saved.epoch + 1
-    net.to(dev)
-
-    from ..layers import SoftmaxCrossEntropy
-    loss_layer = SoftmaxCrossEntropy()
-    progress = Progress(interval=log_every)
-
-    def kept():
-        return (f"the last good checkpoint (epoch {history.rows[-1]['epoch']}) is {folder.checkpoint}"
-                if history.rows and folder else "no checkpoint was written")
-    trainer = Trainer(net, opt, sched, train_loader, loss_layer=loss_layer, clip=clip, on_nonfinite=on_nonfinite,
-                      progress=progress, kept=kept, lr_hint=lr, global_step=step)
-
-    def contents(state, with_optimizer=True):
-        return dict(model_name=name, model_kwargs=data.shape_kwargs, model_state=state,
-                    optim_state=opt.state_dict() if with_optimizer else None, epoch=history.rows[-1]["epoch"],
-                    step=trainer.global_step, rng_state=devices.get_rng_state(), config=config,
-                    history=[metrics.without_timing(r) for r in history.rows], data=data.meta)
-
-    if folder:
-        folder.open()
-        folder.write_json(CONFIG, config)
-        folder.write_metrics(history.rows)
-    stop = metrics.early_stop_due(history.rows, select, early_stopping)
     label = (name.rsplit("/", 1)[-1] if name else getattr(model, "__name__", None)) or type(net).__name__
-    _announce(log, saved, folder, start_epoch, epochs, stop, net, label, data, dev, config,
-              opt, sched, schedule, step, epochs * steps)
+    return _Session(net, name, label, data, config, dev, folder, log, log_every).run(saved)
 
-    start = last_plot = time.perf_counter()
-    last_eval = None
-    title = f"{label} on {data.name}"
-    for epoch in range(start_epoch, epochs + 1):
-        if stop:
-            break
+
+class _Session:
+    """One call of fit once its inputs are settled: the optimizer, loaders and schedule, the epochs, and the
+    end (the chosen weights, the final test, results.json and the pictures)."""
+
+    def __init__(self, net, name, label, data, config, dev, folder, log, log_every):
+        c = config
+        self.net, self.name, self.label, self.data, self.config = net, name, label, data, c
+        self.dev, self.folder, self.log = dev, folder, log
+        self.select, self.patience, self.epochs = c["select"], c["early_stop"], c["epochs"]
+        self.opt = make_optimizer(c["optimizer"], c["lr"], c["weight_decay"], c["decay_all"]).resolve(net.params)
+        self.train_loader, self.val_loader, self.test_loader = _inputs.loaders(
+            data, batch_size=c["batch_size"], seed=c["seed"], augment=c["augment"], device=dev)
+        self.steps = len(self.train_loader)
+        self.sched = optim.make_schedule(c["schedule"], c["lr"], c["epochs"] * self.steps, c["warmup"])
+        self.history = History(select=self.select, model=net, out=folder.path if folder else None, device=str(dev),
+                               classes=data.classes)
+        from ..layers import SoftmaxCrossEntropy
+        self.loss_layer = SoftmaxCrossEntropy()
+        self.progress = Progress(interval=log_every)
+        self.trainer = Trainer(net, self.opt, self.sched, self.train_loader, loss_layer=self.loss_layer,
+                               clip=c["clip"], on_nonfinite=c["on_nonfinite"], progress=self.progress,
+                               kept=self._kept, lr_hint=c["lr"])
+        self.best_state = None
+        self.title = f"{label} on {data.name}"
+
+    def _kept(self) -> str:
+        rows = self.history.rows
+        return (f"the last good checkpoint (epoch {rows[-1]['epoch']}) is {self.folder.checkpoint}"
+                if rows and self.folder else "no checkpoint was written")
+
+    def _contents(self, state, with_optimizer=True) -> dict:
+        """What checkpoint.npz (with the optimizer) and best.npz (without) hold after the last epoch."""
+        rows = self.history.rows
+        return dict(model_name=self.name, model_kwargs=self.data.shape_kwargs, model_state=state,
+                    optim_state=self.opt.state_dict() if with_optimizer else None, epoch=rows[-1]["epoch"],
+                    step=self.trainer.global_step, rng_state=devices.get_rng_state(), config=self.config,
+                    history=[metrics.without_timing(r) for r in rows], data=self.data.meta)
+
+    def run(self, saved) -> History:
+        start_epoch = 1
+        if saved is not None:
+            self.best_state = _restore(saved, self.net, self.opt, self.folder, self.history, self.select)
+            self.trainer.global_step, start_epoch = saved.step, saved.epoch + 1
+        self.net.to(self.dev)
+        if self.folder:
+            self.folder.open()
+            self.folder.write_json(CONFIG, self.config)
+            self.folder.write_metrics(self.history.rows)
+        stop = metrics.early_stop_due(self.history.rows, self.select, self.patience)
+        self._announce(saved, start_epoch, stop)
+        start = last_plot = time.perf_counter()
+        for epoch in range(start_epoch, self.epochs + 1):
+            if stop:
+                break
+            stop = self._epoch(epoch)
+            if self.folder and time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < self.epochs and not stop:
+                self.folder.pictures(self.history.rows, self.net, self.title, self.log)
+                last_plot = time.perf_counter()
+        self.history.stopped_early = stop
+        self._finish()
+        self.history.seconds = time.perf_counter() - start
+        return self.history
+
+    def _epoch(self, epoch) -> bool:
+        """Train an epoch, evaluate, save (checkpoint, then best.npz, then the metrics row), log; returns
+        whether early stopping is due."""
+        h, epochs = self.history, self.epochs
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # NaN/inf are caught and
-            stats = trainer.train_epoch(epoch, epochs)                         # reported by the fault check
-            val = (evaluate(net, val_loader, loss_layer, progress, f"epoch {epoch}/{epochs} validation")
-                   if val_loader else None)
-            tst = (evaluate(net, test_loader, loss_layer, progress, f"epoch {epoch}/{epochs} test")
-                   if test_loader and (val is None or test_every_epoch) else None)
-        last_eval = tst or val or last_eval
+            stats = self.trainer.train_epoch(epoch, epochs)                    # reported by the fault check
+            val = self._evaluate(self.val_loader, f"epoch {epoch}/{epochs} validation")
+            tst = (self._evaluate(self.test_loader, f"epoch {epoch}/{epochs} test")
+                   if val is None or self.config["test_every_epoch"] else None)
+        h.confusion = (tst or val or (None, None, h.confusion))[2]
         row = _row(epoch, stats, val, tst)
-        history.rows.append(row)
-        state = net.state_dict()
-        if folder:
-            folder.save_checkpoint(**contents(state))
-        if val is not None and history.best_epoch == epoch:
-            best_state = state
-            if folder:
-                folder.save_checkpoint(BEST, **contents(state, with_optimizer=False))
-        if folder:
-            folder.append_metrics(row)
-        log(metrics.epoch_line(row, epochs))
-        stop = metrics.early_stop_due(history.rows, select, early_stopping)
+        h.rows.append(row)
+        state = self.net.state_dict()
+        if self.folder:
+            self.folder.save_checkpoint(**self._contents(state))
+        if val is not None and h.best_epoch == epoch:
+            self.best_state = state
+            if self.folder:
+                self.folder.save_checkpoint(BEST, **self._contents(state, with_optimizer=False))
+        if self.folder:
+            self.folder.append_metrics(row)
+        self.log(metrics.epoch_line(row, epochs))
+        stop = metrics.early_stop_due(h.rows, self.select, self.patience)
         if stop:
-            log(f"early stop: validation {'loss' if select == 'loss' else 'accuracy'} has not improved for "
-                f"{plural(early_stopping, 'epoch')} (best: epoch {history.best_epoch})")
-        if folder and time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < epochs and not stop:
-            folder.pictures(history.rows, net, title, log)
-            last_plot = time.perf_counter()
+            self.log(f"early stop: validation {_metric(self.select)} has not improved for "
+                     f"{plural(self.patience, 'epoch')} (best: epoch {h.best_epoch})")
+        return stop
 
-    history.stopped_early = stop
-    if val_loader is not None and best_state is not None and history.best_epoch != history.rows[-1]["epoch"]:
-        net.load_state_dict(best_state)        # the selected epoch's weights
-    if test_loader is not None and val_loader is not None and history.rows:
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            loss, acc, confusion = evaluate(net, test_loader, loss_layer, progress, "test")
-        history.test = {"loss": loss, "acc": acc, "epoch": history.best_epoch}
-        last_eval = (loss, acc, confusion)
-        log(f"test (epoch {history.best_epoch}'s weights, chosen by validation "
-            f"{'loss' if select == 'loss' else 'accuracy'}): loss {loss:.4f} acc {100 * acc:.2f}%")
-    elif test_loader is not None and history.rows and history.rows[-1].get("test_acc") is not None:
-        last = history.rows[-1]
-        history.test = {"loss": last["test_loss"], "acc": last["test_acc"], "epoch": last["epoch"]}
-    history.confusion = None if last_eval is None else last_eval[2]
-    net.eval()
-    history.seconds = time.perf_counter() - start
-    if folder and history.rows:
-        folder.write_json(RESULTS, {"epochs_run": history.rows[-1]["epoch"], "best_epoch": history.best_epoch,
-                                    "select": select if val_loader is not None else None,
-                                    "stopped_early": stop, "test": history.test,
-                                    "best": metrics.without_timing(history.best) if history.best else None})
-        folder.pictures(history.rows, net, title, log)
-    return history
+    def _evaluate(self, loader, head):
+        return None if loader is None else evaluate(self.net, loader, self.loss_layer, self.progress, head)
+
+    def _finish(self):
+        """With validation data: the model takes the chosen epoch's weights and the test split is scored once
+        with them; results.json and the pictures are written; the model is left in eval mode."""
+        h = self.history
+        if not h.rows:
+            return
+        chosen = h.best_epoch
+        if chosen is not None and chosen != h.rows[-1]["epoch"]:
+            if self.best_state is not None:
+                self.net.load_state_dict(self.best_state)
+            else:
+                self.log(f"the weights of epoch {chosen}, the best, were not kept (best.npz is missing or of "
+                         f"another epoch): the model keeps those of epoch {h.rows[-1]['epoch']}")
+                chosen = h.rows[-1]["epoch"]
+        if self.test_loader is not None and self.val_loader is not None:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss, acc, h.confusion = self._evaluate(self.test_loader, "test")
+            h.test = {"loss": loss, "acc": acc, "epoch": chosen}
+            self.log(f"test (epoch {chosen}'s weights, chosen by validation {_metric(self.select)}): loss "
+                     f"{loss:.4f} acc {100 * acc:.2f}%")
+        elif h.rows[-1].get("test_acc") is not None:
+            last = h.rows[-1]
+            h.test = {"loss": last["test_loss"], "acc": last["test_acc"], "epoch": last["epoch"]}
+        self.net.eval()
+        if self.folder:
+            self.folder.write_json(RESULTS, {
+                "epochs_run": h.rows[-1]["epoch"], "best_epoch": h.best_epoch, "stopped_early": h.stopped_early,
+                "select": self.select if self.val_loader is not None else None, "test": h.test,
+                "best": metrics.without_timing(h.best) if h.best else None})
+            self.folder.pictures(h.rows, self.net, self.title, self.log)
+
+    def _announce(self, saved, start_epoch, stop):
+        """The run's first lines: what is trained on what, or where a resumed run stands (and how its schedule
+        changes), and how the run is scored when the data has no test split."""
+        c, epochs, log = self.config, self.epochs, self.log
+        if stop:
+            log(f"{self.folder.checkpoint} stopped early at epoch {start_epoch - 1} (no improvement for "
+                f"{plural(self.patience, 'epoch')}): nothing to do")
+        elif start_epoch > epochs:
+            log(f"{self.folder.checkpoint} already holds epoch {start_epoch - 1} of {epochs}: nothing to do")
+        elif saved is not None:
+            step = saved.step
+            log(f"resuming {self.folder.path} at epoch {start_epoch}/{epochs} (global step {step}) on {self.dev}")
+            planned = saved.config.get("epochs")
+            if planned != epochs and c["schedule"] in LENGTH_DEPENDENT and isinstance(planned, int):
+                old = optim.make_schedule(c["schedule"], c["lr"], planned * self.steps, c["warmup"])
+                log(f"--epochs {epochs} (the run was planned for {planned}): the {c['schedule']} schedule now "
+                    f"spans {plural(epochs, 'epoch')} instead of {planned}, so the learning rate at step {step} "
+                    f"goes from {old.lr_at(step):.2e} to {self.sched.lr_at(step):.2e}")
+        else:
+            decay = self.opt.weight_decay
+            groups = " (not on biases and normalisation parameters)" if decay and self.opt.groups else ""
+            early = (f", early stop after {plural(self.patience, 'epoch')} without improvement"
+                     if self.patience else "")
+            log(f"training {self.label} ({self.net.num_params():,} parameters) on {self.data.name} "
+                f"({self.data.describe()}) on {self.dev}: {c['optimizer']} lr {c['lr']:g} {c['schedule']}, weight "
+                f"decay {decay:g}{groups}, batch {c['batch_size']}, {plural(epochs, 'epoch')}{early}"
+                + (f" -> {self.folder.path}" if self.folder else ""))
+            note = self.data.scoring_note()
+            if note:
+                log(note)
+
+
+def _metric(select: str) -> str:
+    return "loss" if select == "loss" else "accuracy"
 
 
 def _row(epoch, stats, val, tst) -> dict:
@@ -314,37 +384,3 @@ def _restore(saved, net, opt, folder, history, select):
     except CheckpointError:
         kept = None
     return kept.model_state if kept is not None and kept.epoch == best["epoch"] else None
-
-
-def _announce(log, saved, folder, start_epoch, epochs, stop, net, label, data, dev, config, opt, sched, schedule,
-              step, sched_total):
-    """The run's first lines: what is trained on what, or where a resumed run stands (and how its schedule
-    changes), and how the run is scored when the data has no test split."""
-    out = f" -> {folder.path}" if folder else ""
-    if stop:
-        log(f"{folder.checkpoint} stopped early at epoch {start_epoch - 1} (no improvement for "
-            f"{plural(config['early_stop'], 'epoch')}): nothing to do")
-        return
-    if start_epoch > epochs:
-        log(f"{folder.checkpoint} already holds epoch {start_epoch - 1} of {epochs}: nothing to do")
-        return
-    if saved is not None:
-        log(f"resuming {folder.path} at epoch {start_epoch}/{epochs} (global step {step}) on {dev}")
-        planned = saved.config.get("epochs")
-        if planned != epochs and schedule in LENGTH_DEPENDENT and isinstance(planned, int):
-            steps_per_epoch = sched_total // epochs
-            old = optim.make_schedule(schedule, config["lr"], planned * steps_per_epoch, config["warmup"])
-            log(f"--epochs {epochs} (the run was planned for {planned}): the {schedule} schedule now spans "
-                f"{plural(epochs, 'epoch')} instead of {planned}, so the learning rate at step {step} goes from "
-                f"{old.lr_at(step):.2e} to {sched.lr_at(step):.2e}")
-        return
-    decay = opt.weight_decay
-    groups = " (not on biases and normalisation parameters)" if decay and opt.groups else ""
-    log(f"training {label} ({net.num_params():,} parameters) on {data.name} ({data.describe()}) on {dev}: "
-        f"{config['optimizer']} lr {config['lr']:g} {schedule}, weight decay {decay:g}{groups}, batch "
-        f"{config['batch_size']}, {plural(epochs, 'epoch')}"
-        + (f", early stop after {plural(config['early_stop'], 'epoch')} without improvement"
-           if config["early_stop"] else "") + out)
-    note = data.scoring_note()
-    if note:
-        log(note)

@@ -88,8 +88,6 @@ class Trainer:
         self.skip_mode = on_nonfinite == "skip"
         self.lr_hint = lr_hint
         self.global_step = global_step
-        self.xp = devices.get_array_module(*model.params.values())
-        self.first_bad = self.xp.full((), -1, dtype=self.xp.int64)  # first global step with a NaN/inf
 
     @property
     def steps_per_epoch(self) -> int:
@@ -104,7 +102,9 @@ class Trainer:
         """One pass over the training data in training mode; numbers are read back only at progress redraws
         and at the end. Returns {"loss", "acc" (None when no step counted), "seen", "skipped", "lr",
         "started", "seconds"}."""
-        xp, model = self.xp, self.model
+        model = self.model
+        xp = devices.get_array_module(*model.params.values())
+        first_bad = xp.full((), -1, dtype=xp.int64)  # the first global step with a NaN/inf loss or gradient
         model.train()
         self.loader.set_epoch(epoch)
         loss_sum = xp.zeros((), dtype=xp.float64)
@@ -131,7 +131,7 @@ class Trainer:
                     v[...] = kept_buffers[k]
             else:
                 if not self.skip_mode:
-                    self.first_bad = xp.where(ok | (self.first_bad >= 0), self.first_bad, self.global_step)
+                    first_bad = xp.where(ok | (first_bad >= 0), first_bad, self.global_step)
                 if self.clip is not None:
                     optim.clip_grad_norm(grads, self.clip)
                 self.opt.update(model.params, grads)
@@ -141,13 +141,13 @@ class Trainer:
             seen += n
             self.global_step += 1
             if self.progress is not None and self.progress.due():
-                total_loss, total_correct, bad = metrics.read(loss_sum, correct, self.first_bad)
+                total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
                 self._fault_check(epoch, first_step, bad)
                 self.progress.show(self.global_step - first_step,
                                    f"loss {total_loss / max(counted, 1):.4f} "
                                    f"acc {100 * total_correct / max(counted, 1):.2f}% "
                                    f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
-        total_loss, total_correct, bad = metrics.read(loss_sum, correct, self.first_bad)
+        total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
         if self.progress is not None:
             self.progress.clear()
         self._fault_check(epoch, first_step, bad)
