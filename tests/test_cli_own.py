@@ -55,17 +55,18 @@ def test_done_when_npz_and_own_model_end_to_end_with_identical_bytes_whatever_th
         assert (out / name).read_bytes() == (outs[1] / name).read_bytes(), name
 
 
-def test_eval_and_predict_a_run_on_own_data(own, capsys):
+@pytest.mark.parametrize("device", ["cpu", "emulated"])
+def test_eval_and_predict_a_run_on_own_data(own, capsys, device):
     assert cli.main(["train", "--dataset", "my.npz", "--model", "my_net.py:build", "--val-split", "0.2",
-                     "--epochs", "2", "--out", "r", *FAST]) == 0
+                     "--epochs", "2", "--out", "r", *FAST, "--device", device]) == 0
     capsys.readouterr()
     results = json.loads((own / "r" / "results.json").read_text())
     # eval of best.npz (dropout and batch norm inside: eval mode matters) reproduces the run's final test score
-    assert cli.main(["eval", "--checkpoint", "r/best.npz", "--device", "cpu"]) == 0
+    assert cli.main(["eval", "--checkpoint", "r/best.npz", "--device", device]) == 0
     out = capsys.readouterr().out
     assert f"test accuracy {100 * results['test']['acc']:.2f}%" in out and "on my test, 48 images" in out
     # and the validation split, carved again as the run carved it, gives the best epoch's validation score
-    assert cli.main(["eval", "--checkpoint", "r/best.npz", "--split", "VAL", "--device", "cpu"]) == 0
+    assert cli.main(["eval", "--checkpoint", "r/best.npz", "--split", "VAL", "--device", device]) == 0
     assert f"val accuracy {100 * results['best']['val_acc']:.2f}%" in capsys.readouterr().out
     # predict: PNG, JPEG and .npy inputs, the top classes with probabilities
     from PIL import Image
@@ -73,7 +74,7 @@ def test_eval_and_predict_a_run_on_own_data(own, capsys):
     Image.fromarray(x[0, :, :, 0], "L").save("a.png")
     Image.fromarray(np.repeat(x[1], 3, axis=2), "RGB").save("b.jpg", quality=100)   # colour -> luma
     np.save("c.npy", x)                                              # a batch of 3 (N, H, W, C)
-    assert cli.main(["predict", "--checkpoint", "r/best.npz", "--top", "2", "--device", "cpu", "a.png", "b.jpg",
+    assert cli.main(["predict", "--checkpoint", "r/best.npz", "--top", "2", "--device", device, "a.png", "b.jpg",
                      "c.npy"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["a.png", "b.jpg", "c.npy[0]", "c.npy[1]", "c.npy[2]"]

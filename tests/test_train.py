@@ -229,6 +229,13 @@ def test_no_host_sync_per_step_on_the_gpu_path(data_dir, tmp_path):
 
     n, n2 = transfers(64), transfers(128)    # 2 steps and 4 steps in the epoch
     assert n == n2
+    # with validation data too: its evaluation reads back once, whatever the number of steps
+    backend.transfer_stats.reset()
+    run(config(data_dir, tmp_path / "v64", device="emulated", epochs=1, limit_train=80, val_split=0.2))
+    v = backend.transfer_stats.device_to_host
+    backend.transfer_stats.reset()
+    run(config(data_dir, tmp_path / "v128", device="emulated", epochs=1, limit_train=160, val_split=0.2))
+    assert backend.transfer_stats.device_to_host == v
     # the counter does see reads: refreshing progress at every step costs a read per step
     assert transfers(128, log_every=0) >= n2 + 4
 
