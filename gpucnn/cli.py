@@ -226,6 +226,9 @@ def _cmd_eval(args) -> int:
     device = model.device
     cfg, meta = ckpt.config, data_meta(ckpt)
     dataset = args.dataset or cfg.get("dataset")
+    if dataset == "arrays":
+        raise UsageError(f"{ckpt.path}: the run trained on arrays in memory: pass the data to score with --dataset "
+                         f"(a built-in name, an .npz file or an image folder)")
     val_split = cfg.get("val_split") if isinstance(cfg.get("val_split"), float) else None
     if args.split == "val" and val_split is None and args.dataset is None and not isinstance(cfg.get("val_split"),
                                                                                            str):

@@ -194,3 +194,17 @@ def test_own_model_errors_are_one_line(own, capsys):
         assert cli.main(["train", "--dataset", "my.npz", "--model", spec, *FAST]) == 2
         assert_one_error_line(capsys.readouterr().err, pattern)
     assert not (own / "runs").exists()
+
+
+def test_a_files_own_val_split_is_used_and_the_run_resumes(own, capsys):
+    z = dict(np.load("my.npz"))
+    z["x_val"], z["y_val"] = z["x_test"][:16], z["y_test"][:16]
+    np.savez("withval.npz", **z)
+    args = ["train", "--dataset", "withval.npz", "--model", "simple_convnet", "--out", "r", *FAST]
+    assert cli.main(args + ["--epochs", "1"]) == 0
+    assert "(160 train / 16 val / 48 test images" in capsys.readouterr().out
+    assert json.loads((own / "r" / "config.json").read_text())["val_split"] == "val split"
+    assert cli.main(["train", "--resume", "--out", "r", "--epochs", "2"]) == 0
+    assert [r["epoch"] for r in rows_of(own / "r") if r["val_acc"] is not None] == [1, 2]
+    assert cli.main(["eval", "--checkpoint", "r/best.npz", "--split", "val"]) == 0
+    assert "on withval val, 16 images" in capsys.readouterr().out

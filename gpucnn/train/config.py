@@ -91,7 +91,10 @@ def train(config: TrainConfig, log=print) -> dict:
     if cfg.out is not None and not str(cfg.out).strip():
         raise ValueError(f"out must be a folder path, got {cfg.out!r}")
     cfg = dataclasses.replace(cfg, out=cfg.out_dir())
-    history = fit(cfg.model, cfg.dataset, validation=cfg.val_split, epochs=cfg.epochs, batch_size=cfg.batch_size,
+    # val_split is a fraction, or (recorded by a run) how other validation data came: a file's own val split,
+    # which fit finds again by itself
+    validation = cfg.val_split if isinstance(cfg.val_split, (int, float)) else None
+    history = fit(cfg.model, cfg.dataset, validation=validation, epochs=cfg.epochs, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
                   schedule=cfg.schedule, warmup=cfg.warmup, clip=cfg.clip, augment=cfg.augment,
                   early_stopping=cfg.early_stop, select=cfg.select, test_every_epoch=cfg.test_every_epoch,
