@@ -173,9 +173,10 @@ def test_config_json_holds_the_run_settings(arrays, tmp_path):
 
 def test_the_trainer_and_evaluate_switch_modes_and_eval_mode_is_deterministic(arrays):
     (x, y), test = arrays
-    h = gpucnn.fit(small_net, (x, y), epochs=1, batch_size=64, **QUIET)
-    model = h.model
-    assert not model.training                              # fit hands back the model in eval mode
+    model = small_net(1, (12, 12), 4).eval()               # handed over in eval mode: fit trains in training mode
+    h = gpucnn.fit(model, (x, y), epochs=1, batch_size=64, **QUIET)
+    assert h.model is model and not model.training          # and hands it back in eval mode
+    assert np.abs(model.buffers["1.running_mean"]).max() > 0   # batch statistics were gathered (training mode)
     xb = np.ascontiguousarray(test[0][:16].transpose(0, 3, 1, 2), dtype=np.float32) / 255
     stats = model.buffers["1.running_mean"].copy()
     np.testing.assert_array_equal(model(xb), model(xb))     # model(x) in eval mode: the same twice

@@ -78,7 +78,8 @@ def augmentations(augment, dataset: str) -> tuple:
 # ----------------------------------------------------------------------------------------------- data
 
 def _is_fraction(v) -> bool:
-    return isinstance(v, (float, np.floating)) or (isinstance(v, int) and not isinstance(v, bool) and v == 0)
+    """A number given as `validation` (a fraction, or a mistake the range check reports)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def _source(obj, what: str, split: str, data_dir, download) -> Dataset:
