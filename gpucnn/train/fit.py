@@ -225,7 +225,7 @@ class _Session:
                 break
             stop = self._epoch(epoch)
             if self.folder and time.perf_counter() - last_plot >= PLOT_INTERVAL and epoch < self.epochs and not stop:
-                self.folder.pictures(self.history.rows, self.net, self.title, self.log)
+                self.folder.pictures(self.history.rows, self.net, self.title, self.log, self.history.best_epoch)
                 last_plot = time.perf_counter()
         self.history.stopped_early = stop
         self._finish()
@@ -292,7 +292,7 @@ class _Session:
                 "epochs_run": h.rows[-1]["epoch"], "best_epoch": h.best_epoch, "stopped_early": h.stopped_early,
                 "select": self.select if self.val_loader is not None else None, "test": h.test,
                 "best": metrics.without_timing(h.best) if h.best else None})
-            self.folder.pictures(h.rows, self.net, self.title, self.log)
+            self.folder.pictures(h.rows, self.net, self.title, self.log, h.best_epoch)
 
     def _announce(self, saved, start_epoch, stop):
         """The run's first lines: what is trained on what, or where a resumed run stands (and how its schedule

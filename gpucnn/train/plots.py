@@ -27,9 +27,10 @@ def available() -> bool:
     return _pyplot() is not None
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> str:
+def plot_curves(history: list[dict], path, title: str = "", best_epoch: int | None = None) -> str:
     """Loss and accuracy per epoch side by side, for each of train, validation and test that the rows hold;
-    `history` holds metrics.jsonl rows (an epoch without a value is left out of that line)."""
+    `history` holds metrics.jsonl rows (an epoch without a value is left out of that line); `best_epoch`, the
+    epoch chosen by validation, is marked by a dashed line."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -44,6 +45,8 @@ def plot_curves(history: list[dict], path, title: str = "") -> str:
         ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
         ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
         for ax in (ax_loss, ax_acc):
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"chosen (epoch {best_epoch})")
             ax.grid(alpha=0.3)
             ax.legend()
             if epochs:

@@ -121,8 +121,9 @@ class RunFolder:
         if self.writes:
             checkpoint.save(self.file(name), **contents)
 
-    def pictures(self, rows: list[dict], model, title: str, log):
-        """curves.png and filters.png (the first 4-D parameter), or one log line if matplotlib is missing."""
+    def pictures(self, rows: list[dict], model, title: str, log, best_epoch: int | None = None):
+        """curves.png (`best_epoch` marked) and filters.png (the first 4-D parameter), or one log line if
+        matplotlib is missing."""
         if not self.writes or not rows:
             return
         if not plots.available():
@@ -130,7 +131,7 @@ class RunFolder:
                 log("matplotlib is not installed: skipping curves.png and filters.png (pip install 'gpucnn[plots]')")
                 self._warned_no_matplotlib = True
             return
-        plots.plot_curves(rows, self.file(CURVES), title=title)
+        plots.plot_curves(rows, self.file(CURVES), title=title, best_epoch=best_epoch)
         name, w = next(((k, p) for k, p in model.params.items() if p.ndim == 4), (None, None))
         if w is not None:
             plots.plot_filters(to_cpu(w), self.file(FILTERS), title=f"{title}, first conv layer ({name})")
