@@ -1,5 +1,4 @@
 """The trainer: outputs, reproducibility, bit-identical resume, numerical faults, and no host syncs per step."""
-import importlib
 import json
 import os
 import re
@@ -11,9 +10,9 @@ import pytest
 from _synth import rewrite_checkpoint, write_idx_dataset
 from gpucnn import devices as backend
 from gpucnn.train import checkpoint, inputs
+from gpucnn.train import fitting as F
 from gpucnn.train import NumericalFaultError, Progress, TrainConfig, evaluate, resume_config, train
 
-F = importlib.import_module("gpucnn.train.fit")   # the module (gpucnn.train.fit is the function)
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TIMING_KEYS = ("seconds", "images_per_second")
 

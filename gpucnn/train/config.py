@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import models
 from .checkpoint import load as load_checkpoint
-from .fit import DEFAULTS, LEGACY, fit
+from .fitting import DEFAULTS, LEGACY, fit
 from .run_folder import CHECKPOINT
 
 
