@@ -229,11 +229,10 @@ def _cmd_eval(args) -> int:
     if dataset == "arrays":
         raise UsageError(f"{ckpt.path}: the run trained on arrays in memory: pass the data to score with --dataset "
                          f"(a built-in name, an .npz file or an image folder)")
-    val_split = cfg.get("val_split") if isinstance(cfg.get("val_split"), float) else None
-    if args.split == "val" and val_split is None and args.dataset is None and not isinstance(cfg.get("val_split"),
-                                                                                           str):
+    if args.split == "val" and args.dataset is None and cfg.get("val_split") is None:
         raise UsageError(f"--split val: the run in {ckpt.path} had no validation data; use --split test or train")
-    data = inputs.prepare(dataset, val_split if args.split == "val" else None,
+    fraction = cfg.get("val_split") if isinstance(cfg.get("val_split"), float) else None   # carved as the run did
+    data = inputs.prepare(dataset, fraction if args.split == "val" else None,
                           "auto" if args.split == "test" else None, seed=cfg.get("seed", 0),
                           limit_train=cfg.get("limit_train") if args.split != "test" else None,
                           data_dir=args.data_dir or cfg.get("data_dir"),
