@@ -191,4 +191,3 @@ def test_other_models_checkpoint_does_not_load(tmp_path):
 def test_a_directory_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="is a directory"):
         checkpoint.load(tmp_path)
-

@@ -88,7 +88,6 @@ def save(path, *, model_name: str, model_kwargs: dict, model_state: dict, optim_
     return path
 
 
-
 def atomic_write(path, write):
     """Call write(file) on a temp file next to `path`, fsync it, rename it over `path`, fsync the directory."""
     _atomic_write(path, write, prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX)
