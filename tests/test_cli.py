@@ -206,3 +206,30 @@ def test_corrupt_dataset_files_are_one_line(data_dir, tmp_path, capsys):
     labels.write_bytes(gzip.compress(bytes(raw)))
     assert cli.main(tiny_train_args(bad, tmp_path / "out")) == 2
     assert_one_error_line(capsys.readouterr().err, r"train-labels-idx1-ubyte\.gz: .*42")
+
+
+def test_a_checkpoint_from_before_data_and_decay_groups_still_resumes_evaluates_and_predicts(data_dir, tmp_path,
+                                                                                          capsys):
+    """Older checkpoints have no 'data' entry (classes, normalisation) and no 'decay_all' setting: they meant
+    the built-in data set's published statistics and weight decay on every parameter."""
+    import numpy as np
+    from _synth import rewrite_checkpoint
+
+    out = tmp_path / "old"
+    assert cli.main(tiny_train_args(data_dir, out, "--decay-all")) == 0
+
+    def make_old(meta):
+        del meta["data"]
+        del meta["config"]["decay_all"]
+    rewrite_checkpoint(out / "checkpoint.npz", make_old)
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    from gpucnn.train import checkpoint
+    resumed = checkpoint.load(out / "checkpoint.npz")
+    assert resumed.config["decay_all"] is True and not [k for k in resumed.optim_state if k.startswith("groups/")]
+    rewrite_checkpoint(out / "checkpoint.npz", make_old)
+    assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.npz"), "--data-dir", data_dir]) == 0
+    np.save(tmp_path / "x.npy", np.zeros((16, 16), np.uint8))
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint.npz"), str(tmp_path / "x.npy")]) == 0
+    assert re.match(r"\S+x\.npy: \d \(\d\) [\d.]+%, \d \(\d\) [\d.]+%, \d \(\d\) [\d.]+%$",
+                    capsys.readouterr().out.splitlines()[-1])
