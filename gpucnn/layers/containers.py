@@ -47,6 +47,16 @@ def _chain_shape(layers, shape):
     return tuple(shape)
 
 
+def _summary_rows(container, shape, prefix, depth):
+    rows = []
+    for name, layer, given, out in container.child_shapes(shape):
+        label = type(layer).__name__ if isinstance(layer, Container) else repr(layer).replace("\n", " ")
+        rows.append((prefix + name, "  " * depth + label, str(out), f"{layer.num_params():,}"))
+        if isinstance(layer, Container):
+            rows += _summary_rows(layer, given, f"{prefix}{name}.", depth + 1)
+    return rows
+
+
 class Container(Layer):
     """A layer made of child layers (``self.layers``): their params/grads/buffers under flat dotted names,
     modes and device moves applied to all of them."""
@@ -71,6 +81,14 @@ class Container(Layer):
 
     def children(self) -> list:
         return [layer for _, layer in self.named_children()]
+
+    def child_shapes(self, shape) -> list:
+        """(name, layer, input shape, output shape) of each child for an input of `shape`: a chain by default."""
+        out = []
+        for name, layer in self.named_children():
+            given, shape = tuple(shape), tuple(layer.output_shape(shape))
+            out.append((name, layer, given, shape))
+        return out
 
     def __len__(self):
         return len(self.layers)
@@ -144,12 +162,11 @@ class Sequential(Container):
 
     def summary(self, input_shape) -> str:
         """A table of layers, output shapes and parameter counts for an input of `input_shape` (with the
-        batch dimension, e.g. (1, 1, 28, 28)); raises if a layer cannot take its input's shape."""
+        batch dimension, e.g. (1, 1, 28, 28)); the layers inside a block follow its row, indented and numbered
+        by their parameter-name prefix ("3.0", "3.shortcut.0"). Raises if a layer cannot take its input's shape."""
         shape = tuple(int(s) for s in input_shape)
         rows = [("#", "layer", "output shape", "params"), ("", "input", str(shape), "")]
-        for i, layer in enumerate(self.layers):
-            shape = layer.output_shape(shape)
-            rows.append((str(i), repr(layer).replace("\n", " "), str(shape), f"{layer.num_params():,}"))
+        rows += _summary_rows(self, shape, "", 0)
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         line = lambda r: "  ".join([r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]),
                                      r[3].rjust(widths[3])]).rstrip()
@@ -177,6 +194,16 @@ class Residual(Container):
 
     def __repr__(self):
         return f"Residual({self._repr_children()}\n)"
+
+    def child_shapes(self, shape) -> list:
+        rows, given = [], tuple(shape)
+        for i, layer in enumerate(self.layers):
+            out = tuple(layer.output_shape(given))
+            rows.append((str(i), layer, given, out))
+            given = out
+        if self.shortcut is not None:
+            rows.append(("shortcut", self.shortcut, tuple(shape), tuple(self.shortcut.output_shape(shape))))
+        return rows
 
     def output_shape(self, shape):
         main = _chain_shape(self.layers, shape)
@@ -219,6 +246,10 @@ class Concat(Container):
 
     def __repr__(self):
         return f"Concat(axis={self.axis},{self._repr_children()}\n)"
+
+    def child_shapes(self, shape) -> list:
+        return [(name, branch, tuple(shape), tuple(branch.output_shape(shape))) for name, branch in
+                self.named_children()]
 
     def output_shape(self, shape):
         shapes = [tuple(branch.output_shape(shape)) for branch in self.layers]

@@ -128,7 +128,7 @@ class SoftmaxCrossEntropy(Layer):
         # A label outside [0, k) that is not ignored poisons its sample (no sync to raise on a device).
         losses = xp.where(valid, losses, dt(np.nan))
         denom = wy.sum() if self.reduction == "mean" else None
-        self._cache = (xp.exp(logp), safe, wy, smooth_w, valid, denom, n)
+        self._cache = (xp.exp(logp), safe, wy, smooth_w, valid, ignored, denom, n)
         if self.reduction == "none":
             return losses
         total = losses.sum()
@@ -139,10 +139,10 @@ class SoftmaxCrossEntropy(Layer):
 
     def backward(self, dout=1.0):
         """d(loss)/d(logits), (N, K): per sample (1-e)*w[y]*(p - onehot) + (e/K)*(p*sum(w) - w), divided by the
-        mean's denominator and times dout (a scalar, or (N,) with reduction='none')."""
+        mean's denominator and times dout (a scalar, or (N,) with reduction='none'); 0 for ignored samples."""
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        p, safe, wy, smooth_w, valid, denom, n = self._cache
+        p, safe, wy, smooth_w, valid, ignored, denom, n = self._cache
         xp = get_array_module(p, wy)
         dt = p.dtype.type
         k = p.shape[1]
@@ -161,4 +161,5 @@ class SoftmaxCrossEntropy(Layer):
             if tuple(dout.shape) != (n,):
                 raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
             dout = dout[:, None]
-        return grad * dout
+        with np.errstate(invalid="ignore"):   # ignored samples' gradient is 0, also when every sample is
+            return xp.where(ignored[:, None], dt(0), grad * dout)
