@@ -77,6 +77,14 @@ def _padding_repr(padding):
     return tuple(int(v) for v in padding)
 
 
+def _weight_gradient(xp, a, col3):
+    """a (G, F, rows) @ col3 (G, rows, K) -> (G, F, K), one batched GEMM computed as (col3^T a^T)^T: with few
+    filters F and many rows, OpenBLAS is several times faster with the K side first (measured on the 2-core
+    AVX-512 machine under load: F=16, K=144, 100352 rows 30 ms against 89; F=64, K=576, 6272 rows 19 against
+    23-290; F=96, K=363, 24200 rows 65 against 125; never slower beyond noise)."""
+    return xp.matmul(col3.transpose(0, 2, 1), a.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
 class _Conv(Layer):
     """What Conv2D and ConvTranspose2D share: channel/kernel/stride/dilation/groups arguments, the weight seen
     as grouped GEMM rows, and the workspace-limited chunks of samples."""
@@ -262,7 +270,7 @@ class Conv2D(_Conv):
             else:
                 col, col3 = self._cols(x[s:s + m])
             ds = d[:, :, s * p:(s + m) * p]
-            part = xp.matmul(ds, col3)                                 # (G, out/G, K): one batched GEMM
+            part = _weight_gradient(xp, ds, col3)
             dwk = part if dwk is None else dwk + part
             if self.need_input_grad:
                 if col3.flags.c_contiguous:   # the columns are spent: their buffer takes their gradient
@@ -394,7 +402,7 @@ class ConvTranspose2D(_Conv):
             m = min(chunk, n - s)
             col = ops.im2col(dout[s:s + m], *self._window(), g, self._scratch)
             col3 = col.reshape(g, m * h * w, -1)
-            part = xp.matmul(self._rows_of(xp, x[s:s + m]), col3)   # (G, in/G, K)
+            part = _weight_gradient(xp, self._rows_of(xp, x[s:s + m]), col3)
             dwk = part if dwk is None else dwk + part
             if dx is not None:
                 dxs = xp.matmul(wk, col3.transpose(0, 2, 1))          # (G, in/G, m*H*W)
