@@ -9,24 +9,8 @@
 // twin in gpucnn/devices/twins.py sums them), so it needs no atomics, no zero-fill, and gives bit-identical
 // results run to run.
 // Totals and flat indices are 64-bit; one image plane (H*W, oh*ow) and kh*kw must fit in int32 (checked by
-// the launcher). Self-contained on purpose: compiled as is by NVRTC (CuPy) and by g++ (gpucnn.emulator).
-
-#define GRID_STRIDE_LOOP(i, n)                                                   \
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-       i += (long long)blockDim.x * gridDim.x)
-
-// The taps t of a kernel with stride s and dilation d that can cover padded position p, i.e. those with
-// (p - t*d) divisible by s: the first such t (k or more if none) and the step between them, s / gcd(s, d).
-// The caller walks t = first, first + step, ... while t < k and t*d <= p, skipping windows (p - t*d) / s past
-// the last output.
-__device__ __forceinline__ int first_tap(int p, int s, int d, int k, int* step) {
-  int m = 1;
-  while ((m * d) % s != 0) ++m;  // at most s iterations
-  *step = m;
-  int t = 0;
-  while (t < m && t < k && (p - t * d) % s != 0) ++t;
-  return t < m ? t : k;
-}
+// the launcher). Compiled after windows.cuh (GRID_STRIDE_LOOP, for_each_covering_tap), which gpucnn/devices/kernels.py
+// puts in front; the same text by NVRTC (CuPy) and by g++ (gpucnn.emulator).
 
 template <typename T>
 __device__ void im2col_impl(long long total, const T* __restrict__ x, int N, int C, int G, int H, int W, int kh,
@@ -63,18 +47,10 @@ __device__ void col2im_impl(long long total, const T* __restrict__ col, int N, i
     const int g = c / cg;
     const int hp = rem / W + ph, wp = rem % W + pw;  // position in the padded image
     const T* src = col + ((long long)g * N + n) * oh * ow * row + (c - g * cg);
-    int step_h, step_w;
-    const int i0 = first_tap(hp, sh, dh, kh, &step_h), j0 = first_tap(wp, sw, dw, kw, &step_w);
     T sum = T(0);
-    for (int i = i0; i < kh && i * dh <= hp; i += step_h) {
-      const int oy = (hp - i * dh) / sh;
-      if (oy >= oh) continue;
-      for (int j = j0; j < kw && j * dw <= wp; j += step_w) {
-        const int ox = (wp - j * dw) / sw;
-        if (ox >= ow) continue;
-        sum += src[((long long)oy * ow + ox) * row + (long long)(i * kw + j) * cg];
-      }
-    }
+    for_each_covering_tap(hp, wp, kh, kw, sh, sw, dh, dw, oh, ow, [&](int i, int j, int oy, int ox) {
+      sum += src[((long long)oy * ow + ox) * row + (long long)(i * kw + j) * cg];
+    });
     x[idx] = sum;
   }
 }

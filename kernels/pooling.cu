@@ -12,11 +12,8 @@
 // Both backward passes are gathers: one thread per input pixel sums, in row-major kernel order, over the
 // windows that cover it. No atomics, no zero-fill, deterministic.
 // Totals and flat indices are 64-bit; one image plane (H*W, oh*ow) must fit in int32 (checked by the launcher).
-// Self-contained on purpose: compiled as is by NVRTC (CuPy) and by g++ (gpucnn.emulator).
-
-#define GRID_STRIDE_LOOP(i, n)                                                   \
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-       i += (long long)blockDim.x * gridDim.x)
+// Compiled after windows.cuh (GRID_STRIDE_LOOP, for_each_covering_tap), which gpucnn/devices/kernels.py puts in
+// front; the same text by NVRTC (CuPy) and by g++ (gpucnn.emulator).
 
 template <typename T> __device__ __forceinline__ T negative_infinity();
 template <> __device__ __forceinline__ float negative_infinity<float>() {
@@ -24,19 +21,6 @@ template <> __device__ __forceinline__ float negative_infinity<float>() {
 }
 template <> __device__ __forceinline__ double negative_infinity<double>() {
   return __longlong_as_double((long long)0xfff0000000000000ull);
-}
-
-// The taps t of a kernel with stride s and dilation d that can cover padded position p, i.e. those with
-// (p - t*d) divisible by s: the first such t (k or more if none) and the step between them, s / gcd(s, d).
-// The caller walks t = first, first + step, ... while t < k and t*d <= p, skipping windows (p - t*d) / s past
-// the last output.
-__device__ __forceinline__ int first_tap(int p, int s, int d, int k, int* step) {
-  int m = 1;
-  while ((m * d) % s != 0) ++m;  // at most s iterations
-  *step = m;
-  int t = 0;
-  while (t < m && t < k && (p - t * d) % s != 0) ++t;
-  return t < m ? t : k;
 }
 
 template <typename T>
@@ -82,19 +66,11 @@ __device__ void maxpool_backward_impl(long long total, const T* __restrict__ dy,
     const int hp = rem / W + ph, wp = rem % W + pw;
     const T* g = dy + nc * plane;
     const int* arg = argmax + nc * plane;
-    int step_h, step_w;
-    const int i0 = first_tap(hp, sh, dh, kh, &step_h), j0 = first_tap(wp, sw, dw, kw, &step_w);
     T sum = T(0);
-    for (int i = i0; i < kh && i * dh <= hp; i += step_h) {
-      const int oy = (hp - i * dh) / sh;
-      if (oy >= oh) continue;
-      for (int j = j0; j < kw && j * dw <= wp; j += step_w) {
-        const int ox = (wp - j * dw) / sw;
-        if (ox >= ow) continue;
-        const int o = oy * ow + ox;
-        if (arg[o] == i * kw + j) sum += g[o];
-      }
-    }
+    for_each_covering_tap(hp, wp, kh, kw, sh, sw, dh, dw, oh, ow, [&](int i, int j, int oy, int ox) {
+      const int o = oy * ow + ox;
+      if (arg[o] == i * kw + j) sum += g[o];
+    });
     dx[idx] = sum;
   }
 }
@@ -143,19 +119,11 @@ __device__ void avgpool_backward_impl(long long total, const T* __restrict__ dy,
     const int rem = (int)(idx - nc * H * W);
     const int hp = rem / W + ph, wp = rem % W + pw;
     const T* g = dy + nc * plane;
-    int step_h, step_w;
-    const int i0 = first_tap(hp, sh, 1, kh, &step_h), j0 = first_tap(wp, sw, 1, kw, &step_w);
     T sum = T(0);
-    for (int i = i0; i < kh && i <= hp; i += step_h) {
-      const int oy = (hp - i) / sh;
-      if (oy >= oh) continue;
-      const int rows = window_count(oy, H, kh, sh, ph, count_include_pad);
-      for (int j = j0; j < kw && j <= wp; j += step_w) {
-        const int ox = (wp - j) / sw;
-        if (ox >= ow) continue;
-        sum += g[oy * ow + ox] / T(rows * window_count(ox, W, kw, sw, pw, count_include_pad));
-      }
-    }
+    for_each_covering_tap(hp, wp, kh, kw, sh, sw, 1, 1, oh, ow, [&](int i, int j, int oy, int ox) {
+      sum += g[oy * ow + ox] / T(window_count(oy, H, kh, sh, ph, count_include_pad) *
+                                 window_count(ox, W, kw, sw, pw, count_include_pad));
+    });
     dx[idx] = sum;
   }
 }

@@ -56,17 +56,22 @@ def torch_conv(x, w, b, stride, padding, dilation, groups):
     return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
 
+def torch_weights(layer, rng):
+    """Random bias values (if any), then torch leaves holding the layer's W and b, and the grads to compare."""
+    if "b" in layer.params:
+        layer.params["b"][...] = randn(rng, layer.out_channels)
+    wt = leaf(layer.params["W"].copy())
+    bt = leaf(layer.params["b"].copy()) if "b" in layer.params else None
+    return wt, bt, [("W", wt)] + ([("b", bt)] if bt is not None else [])
+
+
 def check_conv(case, device):
     n, cin, cout, (h, w), k, s, p, d, g, bias = case
     rng = case_rng(case)
     layer = L.Conv2D(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
     assert layer.params["W"].shape == (cout, cin // g) + layer.kernel_size
-    if bias:
-        layer.params["b"][...] = randn(rng, cout)
+    wt, bt, grads = torch_weights(layer, rng)
     x = randn(rng, n, cin, h, w)
-    wt = leaf(layer.params["W"].copy())
-    bt = leaf(layer.params["b"].copy()) if bias else None
-    grads = [("W", wt)] + ([("b", bt)] if bias else [])
     y, _ = against_torch(layer, x, lambda xt: torch_conv(xt, wt, bt, s, p, d, g), rng, device, grads=grads)
     if p == "same":
         assert y.shape[2:] == x.shape[2:]
@@ -113,12 +118,8 @@ def check_transpose(case, device):
     rng = case_rng(case)
     layer = L.ConvTranspose2D(cin, cout, k, stride=s, padding=p, output_padding=op, groups=g, bias=bias, dilation=d)
     assert layer.params["W"].shape == (cin, cout // g) + layer.kernel_size
-    if bias:
-        layer.params["b"][...] = randn(rng, cout)
+    wt, bt, grads = torch_weights(layer, rng)
     x = randn(rng, n, cin, h, w)
-    wt = leaf(layer.params["W"].copy())
-    bt = leaf(layer.params["b"].copy()) if bias else None
-    grads = [("W", wt)] + ([("b", bt)] if bias else [])
     fn = lambda xt: F.conv_transpose2d(xt, wt, bt, s, p, op, g, d)
     y, _ = against_torch(layer, x, fn, rng, device, grads=grads)
     assert y.shape == layer.output_shape(x.shape)

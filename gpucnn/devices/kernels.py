@@ -76,11 +76,21 @@ def sources() -> dict[str, Path]:
     return _locate()[0]
 
 
-def _read_source(name: str) -> str:
+HEADER = "windows.cuh"   # what every source shares: the grid-stride loop and the window-tap walk
+
+
+def source_code(name: str) -> str:
+    """The code compiled for kernel source `name`: the shared header kernels/windows.cuh, then the file, its
+    line numbers kept (#line) so that compiler messages point into it. No include path is needed."""
     found = sources()
     if name not in found:
         raise FileNotFoundError(f"kernel source {name} not found (have {', '.join(found)})")
-    return found[name].read_text()
+    header = found[name].parent / HEADER
+    return f'#line 1 "{HEADER}"\n{header.read_text()}\n#line 1 "{name}"\n{found[name].read_text()}'
+
+
+def _read_source(name: str) -> str:
+    return source_code(name)
 
 
 # ------------------------------------------------------------------------------------------- modules
