@@ -207,5 +207,25 @@ def test_summary_lists_the_layers_inside_blocks():
     for row in ["3  Residual", "3.0    Conv2D(16, 16", "5.shortcut    Sequential", "5.shortcut.0      Conv2D(16, 32",
                 "(1, 64, 7, 7)", "9  GlobalAvgPool2D()  ", "total params: 77,754"]:
         assert row in table, row
-    xt = torch.zeros(1, 1, 28, 28)
-    assert F.adaptive_avg_pool2d(xt, 1).shape == (1, 1, 1, 1)
+
+
+def test_a_training_step_of_the_new_layers_on_the_emulated_gpu_reads_nothing_back():
+    """Grouped, dilated and transposed convolutions, the new pools, blocks and loss options stay on the device."""
+    gpucnn.seed(0)
+    model = L.Sequential(
+        L.Conv2D(2, 4, 3, padding="same", dilation=2, groups=2), L.ReLU(),
+        L.Residual(L.Conv2D(4, 4, 3, padding=(1, 1, 0, 2), groups=4), L.BatchNorm2D(4)),
+        L.Concat(L.MaxPool2D(3, 2, 1, dilation=1, ceil_mode=True),
+                 L.AvgPool2D(3, 2, 1, ceil_mode=True, count_include_pad=False)),
+        L.ConvTranspose2D(8, 3, 3, stride=2, padding=1, output_padding=1, groups=1),
+        L.AdaptiveAvgPool2D((3, 2)), L.Dropout(0.3), L.GlobalAvgPool2D(), L.Flatten(), L.Affine(3, 5)).to("emulated")
+    ce = L.SoftmaxCrossEntropy(label_smoothing=0.1, weight=[1.0, 2.0, 0.5, 1.0, 1.0], ignore_index=4)
+    x = backend.to_device(randn(np.random.default_rng(0), 3, 2, 9, 7), "emulated")
+    labels = backend.to_device(np.array([0, 4, 2]), "emulated")
+    backend.transfer_stats.reset()
+    for _ in range(2):
+        loss = ce.forward(model.forward(x), labels)
+        model.backward(ce.backward())
+    assert backend.transfer_stats.device_to_host == 0
+    assert all(backend.device_of(g) == backend.EMULATED for g in model.grads.values())
+    assert np.isfinite(float(loss))
