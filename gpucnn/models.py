@@ -180,8 +180,11 @@ ALEXNET_FORMS = ("imagenet", "small")
 
 def alexnet(in_channels: int = 3, input_size=227, num_classes: int = 1000, dropout: float = 0.5,
             form: str | None = None, original: bool = False):
-    """AlexNet: the ImageNet form for inputs of 128 px and more, a small form for 28-127 px; original=True: the
-    ImageNet form with conv2, conv4 and conv5 in two groups, as the 2012 paper (see module doc)."""
+    """AlexNet: the ImageNet form for inputs of 128 px and more (original=True: 2012's two groups), else a small form.
+
+    ``original=True`` takes the ImageNet form with conv2, conv4 and conv5 in two groups, as the 2012 paper's
+    two-GPU model and Caffe's bvlc_alexnet (60,965,224 parameters at 3x227x227 with 1000 classes); ValueError
+    with form='small'. See the module doc for the layers of each form."""
     h, w = _size(input_size)
     if not isinstance(original, bool):
         raise ValueError(f"alexnet: original must be True or False, got {original!r}")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from _oracle import against_torch, case_rng, leaf, randn
+from gpucnn import devices as backend
 from gpucnn import layers as L
 
 N_RANDOM = 24
@@ -186,3 +187,25 @@ def test_existing_conv_checkpoint_names_and_shapes_are_unchanged():
     assert "groups=2" in repr(L.Conv2D(4, 4, 3, groups=2)) and "padding='same'" in repr(L.Conv2D(4, 4, 3, padding="same"))
     torch_layer = torch.nn.Conv2d(4, 6, 3, groups=2, dilation=2)
     assert L.Conv2D(4, 6, 3, dilation=2, groups=2).num_params() == sum(p.numel() for p in torch_layer.parameters())
+
+
+@pytest.mark.parametrize("make", [lambda: L.Conv2D(4, 6, 3, stride=2, padding=(1, 0, 2, 1), dilation=2, groups=2),
+                                  lambda: L.ConvTranspose2D(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)],
+                         ids=["Conv2D", "ConvTranspose2D"])
+def test_workspace_chunks_give_the_same_results(make, any_device):
+    """A workspace limit of about two samples' columns convolves 5 samples in 3 chunks, with the same results."""
+    rng = np.random.default_rng(0)
+    layer = make().to(any_device)
+    x = backend.to_device(randn(rng, 5, 4, 9, 8), any_device)
+    dout = backend.to_device(randn(rng, *layer.output_shape(x.shape)), any_device)
+    run = lambda: [backend.to_cpu(a) for a in (layer.forward(x), layer.backward(dout), layer.grads["W"])]
+    whole = run()
+    old = L.get_workspace_limit()
+    try:
+        L.set_workspace_limit(2 * layer.sample_bytes(x.shape) + 1)
+        assert layer.chunk_size(x.shape) == 2
+        chunked = run()
+    finally:
+        L.set_workspace_limit(old)
+    for a, b in zip(whole, chunked):   # float32 sums in another grouping: equal to rounding
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
