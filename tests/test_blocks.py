@@ -4,7 +4,6 @@ stable parameter names, nesting, checkpoints, shape errors and summary."""
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gpucnn
 from _oracle import assert_close, randn
