@@ -123,7 +123,8 @@ class SoftmaxCrossEntropy(Layer):
             if eps > 0:   # (e/K) sum_c w[c] * -log p[n, c], a class of weight 0 adding nothing even at -inf
                 terms = -logp if w is None else xp.where(w == 0, dt(0), -logp * w)
                 smooth = xp.where(ignored, dt(0), terms.sum(axis=1))
-                losses = dt(1 - eps) * losses + dt(eps / k) * smooth
+                nll = dt(1 - eps) * losses if eps < 1 else dt(0)   # no 0 * inf at eps == 1
+                losses = nll + dt(eps / k) * smooth
                 smooth_w = xp.where(ignored, dt(0), dt(k) if w is None else w.sum())
         # A label outside [0, k) that is not ignored poisons its sample (no sync to raise on a device).
         losses = xp.where(valid, losses, dt(np.nan))
