@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..devices import DeviceMismatchError, device_of, get_array_module
+from ..devices import DeviceMismatchError, device_of, device_scope, get_array_module
 from .base import Layer
 
 
@@ -59,4 +59,5 @@ class SoftmaxCrossEntropy(Layer):
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         p, onehot = self._cache
-        return (p - onehot) * (dout / p.shape[0])
+        with device_scope(p):   # dout may be a Python number: the device is the forward pass's
+            return (p - onehot) * (dout / p.shape[0])
