@@ -223,7 +223,7 @@ def format_op_counts(result: dict, top: int = 8) -> str:
              ("", f"optimizer ({result['optimizer_name']})", str(result["optimizer"].ops), "")]
     width = max(len(r[1]) for r in rows)
     lines.append(f"  {'#':>2}  {'part':<{width}}  {'forward':>7}  {'backward':>8}")
-    lines += [f"  {i:>2}  {text:<{width}}  {f:>7}  {b:>8}" for i, text, f, b in rows]
+    lines += [f"  {i:>2}  {text:<{width}}  {f:>7}  {b:>8}".rstrip() for i, text, f, b in rows]
     common = ", ".join(f"{op} {n}" for op, n in t.by_op.most_common(top))
     lines.append(f"  most frequent: {common}")
     if t.syncs:

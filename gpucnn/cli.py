@@ -257,26 +257,38 @@ def _cmd_info(args) -> int:
         print("matplotlib not installed (no curves.png / filters.png; pip install 'gpucnn[plots]')")
     ok, why = devices.cuda_status()
     print(f"CUDA: {'usable' if ok else 'not usable'}: {why}")
-    names = ["cpu", "emulated"]
+    names = ["cpu", "emulated", "emulated:1"]
     if ok:
         names += [f"cuda:{i}" for i in range(cp.cuda.runtime.getDeviceCount())]
     print(f"devices: {', '.join(names)}; auto -> {devices.get_device('auto')}")
-    try:
-        from .devices import kernels
-        info = kernels.info() if hasattr(kernels, "info") else None
-    except Exception as e:  # kernels are optional for the CPU path: report, don't fail
-        info = f"unavailable ({type(e).__name__}: {e})"
-    if info is not None:
-        print("kernels:")
-        if isinstance(info, dict):
-            for k, v in info.items():
-                print(f"  {k}: {v}")
-        elif isinstance(info, (list, tuple)):
-            for v in info:
-                print(f"  {v}")
-        else:
-            print(f"  {info}")
+    _print_kernels(devices.get_device("cuda:0" if ok else "emulated"))
     return 0
+
+
+def _print_kernels(device):
+    """Where the kernel sources are, and each one compiled now for `device` with its compile time (the CPU
+    path needs no kernel: a failure is reported, not raised)."""
+    from .devices import kernels
+    try:
+        info = kernels.info()
+    except Exception as e:
+        print(f"kernels: unavailable ({type(e).__name__}: {e})")
+        return
+    print(f"kernels: {len(info['sources'])} sources from the {info['source_origin']}, options "
+          f"{' '.join(info['options'])}")
+    names = {}
+    for launcher, where in info["kernels"].items():
+        names.setdefault(where.split(":")[0], []).append(launcher)
+    how = ("NVRTC through cupy; a source found in CuPy's kernel cache (~/.cupy/kernel_cache) only loads"
+           if device.kind == "cuda" else "g++ for the kernel emulator; builds are cached on disk")
+    print(f"compiling every kernel for {device} ({how}):")
+    for source in info["sources"]:
+        try:
+            seconds = kernels.compile_source(source, device)
+            result = f"{seconds:.3f} s"
+        except Exception as e:
+            result = f"FAILED ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        print(f"  {source} ({', '.join(names.get(source, []))}): {result}")
 
 
 def _cmd_models(args) -> int:

@@ -143,14 +143,17 @@ def compile_seconds() -> dict[tuple[str, str], float]:
     return dict(_cache.seconds)
 
 
-def compile_all(device) -> dict[str, float]:
-    """Compile every kernel source for `device` now (those not compiled yet in this process); returns
-    {source: seconds} of this process's compilation of each, e.g. for `gpucnn info` and before benchmarks.
-    Raises KernelCompileError with the compiler's log."""
+def compile_source(source: str, device) -> float:
+    """Compile kernel source `source` (e.g. 'im2col.cu') for `device` unless this process has; returns the
+    seconds its compilation took. Raises KernelCompileError with the compiler's log."""
     device = core.get_device(device)
-    for source in sources():
-        _module(source, device)
-    return {source: _cache.seconds[(source, str(device))] for source in sources()}
+    _module(source, device)
+    return _cache.seconds[(source, str(device))]
+
+
+def compile_all(device) -> dict[str, float]:
+    """Compile every kernel source for `device` now (before benchmarks time anything); {source: seconds}."""
+    return {source: compile_source(source, device) for source in sources()}
 
 
 def info() -> dict:
