@@ -180,8 +180,9 @@ def poison(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("device", ["cpu", "emulated"])
-def test_nan_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, poison, device):
+def test_nan_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, poison,
+                                                                           any_device):
+    device = str(any_device)
     poison((2, 4))  # epoch 2, its 5th batch
     out = tmp_path / "r"
     with pytest.raises(NumericalFaultError, match=r"epoch 2, step 5 \(global step 13\).*last good checkpoint "
