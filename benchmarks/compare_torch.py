@@ -18,39 +18,15 @@ import time
 
 
 def gpucnn_nets():
-    from gpucnn import layers as L
+    from gpucnn.bench import alexnet_style
     from gpucnn.models import lenet5
-    from gpucnn.layers import Sequential
-
-    def alexnet_small():
-        return Sequential([
-            L.Conv2D(3, 64, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Conv2D(64, 192, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Conv2D(192, 384, 3, padding=1), L.ReLU(),
-            L.Conv2D(384, 256, 3, padding=1), L.ReLU(),
-            L.Conv2D(256, 256, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Affine(4096, 1024), L.ReLU(), L.Affine(1024, 1024), L.ReLU(), L.Affine(1024, 10)])
-    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_small}
+    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_style}
 
 
 def torch_nets():
-    import torch.nn as nn
-
-    def lenet5():
-        return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-
-    def alexnet_small():
-        return nn.Sequential(
-            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    return {"lenet5": lenet5, "alexnet": alexnet_small}
+    from torch_bench import torch_nets as nets   # the PyTorch twins, shared with torch_bench.py
+    nets = nets()
+    return {"lenet5": nets["lenet5"], "alexnet": nets["alexnet_style"]}
 
 
 CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32))}
