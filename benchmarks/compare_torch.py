@@ -14,19 +14,12 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 
 def gpucnn_nets():
     from gpucnn.bench import alexnet_style
     from gpucnn.models import lenet5
     return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_style}
-
-
-def torch_nets():
-    from torch_bench import torch_nets as nets   # the PyTorch twins, shared with torch_bench.py
-    nets = nets()
-    return {"lenet5": nets["lenet5"], "alexnet": nets["alexnet_style"]}
 
 
 CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32))}
@@ -55,32 +48,8 @@ def make_gpucnn_step(name):
 
 
 def make_torch_step(name):
-    import numpy as np
-    import torch
-    net = torch_nets()[name]()
-    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-    batch, shape = CASES[name]
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, *shape), dtype=np.float32))
-    t = torch.from_numpy(rng.integers(0, 10, batch))
-    lossf = torch.nn.CrossEntropyLoss()
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        lossf(net(x), t).backward()
-        opt.step()
-
-    def infer():
-        with torch.no_grad():
-            net(x)
-    return train_step, infer
-
-
-def time_per_call(fn, steps):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
+    from torch_bench import make_step   # the PyTorch twins and step of torch_bench.py, on the CPU
+    return make_step({"alexnet": "alexnet_style"}.get(name, name), CASES[name][0], "cpu")
 
 
 def main(argv=None):
@@ -95,6 +64,7 @@ def main(argv=None):
 
     import numpy as np
     import torch
+    from torch_bench import wall_seconds_per_call
     torch.set_num_threads(args.threads)
     try:
         from threadpoolctl import threadpool_limits
@@ -112,8 +82,8 @@ def main(argv=None):
             g(), t(), g(), t()  # warm-up
             gs, ts = [], []
             for _ in range(args.rounds):
-                gs.append(time_per_call(g, args.steps))
-                ts.append(time_per_call(t, args.steps))
+                gs.append(wall_seconds_per_call(g, args.steps))
+                ts.append(wall_seconds_per_call(t, args.steps))
             gm, tm = statistics.median(gs) * 1e3, statistics.median(ts) * 1e3
             batch = CASES[name][0]
             print(f"{name + ' ' + kind + ' b' + str(batch):<22}{gm:>11.2f}{tm:>11.2f}{gm / tm:>8.2f}{load:>7.2f}",

@@ -11,6 +11,7 @@ DeviceTimer); cuDNN autotuning is off (torch's default). The networks are also u
 from __future__ import annotations
 
 import argparse
+import time
 
 
 def torch_nets():
@@ -60,8 +61,6 @@ def make_step(name, batch, device):
 
 def seconds_per_step(fn, steps, warmup, device):
     """Mean seconds of fn() over `steps` calls after `warmup` ones: CUDA events on a GPU, wall clock else."""
-    import time
-
     import torch
     for _ in range(warmup):
         fn()
@@ -74,6 +73,11 @@ def seconds_per_step(fn, steps, warmup, device):
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1e3 / steps
+    return wall_seconds_per_call(fn, steps)
+
+
+def wall_seconds_per_call(fn, steps):
+    """Mean wall-clock seconds of fn() over `steps` calls (CPU timing; compare_torch.py uses it too)."""
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()

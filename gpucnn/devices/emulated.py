@@ -383,24 +383,6 @@ def _rebuild(host, index):
     return EmulatedArray(host, index)
 
 
-def _index_kind(key) -> str:
-    """'basic' (views), 'fancy' (integer index arrays: a gather or scatter kernel) or 'mask' (boolean)."""
-    items = key if isinstance(key, tuple) else (key,)
-    kind = "basic"
-    for k in items:
-        if isinstance(k, (EmulatedArray, np.ndarray)) and k.dtype == np.bool_:
-            return "mask"
-        if isinstance(k, (EmulatedArray, np.ndarray, list)):
-            kind = "fancy"
-    return kind
-
-
-def _count_mask():
-    """Boolean-mask indexing: a scan and a read of its last element for the result's size (sync)."""
-    counters.op("kernel:scan")
-    counters.device_to_host("boolean mask index")
-
-
 # ------------------------------------------------------------------------------------------ ufuncs
 
 _COMPARISONS = {"greater", "greater_equal", "less", "less_equal", "equal", "not_equal"}
