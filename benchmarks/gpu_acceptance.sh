@@ -67,7 +67,8 @@ try:
     import cupy
     rt = cupy.cuda.runtime
     props = rt.getDeviceProperties(0)
-    print(f"cupy sees {rt.getDeviceCount()} GPU(s); 0: {props['name'].decode()}, compute {props['major']}.{props['minor']}; "
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    print(f"cupy sees {rt.getDeviceCount()} GPU(s); 0: {name}, compute {props['major']}.{props['minor']}; "
           f"CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}")
 except Exception as e:
     print(f"cupy GPU query failed ({type(e).__name__}: {e})")

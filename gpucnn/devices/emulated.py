@@ -27,7 +27,7 @@ the exception type CuPy raises (source locations are CuPy v14.2.0's):
   resides (1) is different from the current device (0). Peer access is unavailable ..." (_kernel.pyx
   ``_check_peer_access``; CuPy only warns where peer access can be enabled).
 
-Everything is counted in :mod:`.counters` by the rules of CuPy's launches documented there. The device core
+Every call is counted in :mod:`.counters` by the rules of CuPy's launches in :mod:`.cupy_model`. The device core
 knows nothing of this module: ``gpucnn.devices`` registers it (:func:`.core.register_kind`).
 """
 from __future__ import annotations
