@@ -5,14 +5,19 @@ shapes, dtypes and device; ``backward`` overwrites ``grads`` in place so referen
 ``buffers`` (untrained state kept in checkpoints), ``need_input_grad`` (False: ``backward`` skips dx and
 returns None), ``output_shape(shape)`` (validates an input shape), and ``to(device)``.
 Layers only call ``xp`` and :mod:`gpucnn.devices.ops`, never create host arrays for device inputs and never sync.
+Every layer's ``forward`` and ``backward`` run inside the device scope of their first argument (an array of
+cuda:1 makes GPU 1 current, as CuPy needs; see :func:`gpucnn.devices.device_scope`): subclasses get this from
+``Layer.__init_subclass__`` without writing it.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
 
-from ..devices import CPU, DeviceMismatchError, device_of, get_array_module, get_device, to_cpu, to_device
+from ..devices import (CPU, DeviceMismatchError, device_of, device_scope, get_array_module, get_device, to_cpu,
+                       to_device)
 from ..devices import ops
 from .init import INITS
 
@@ -60,6 +65,16 @@ def _init_arg(init, owner):
 
 # -------------------------------------------------------------------------------------------- base
 
+def _on_argument_device(method):
+    """method(self, a, ...) run with a's GPU current (no-op for host arrays and non-arrays)."""
+    @functools.wraps(method)
+    def run(self, a=None, *args, **kwargs):
+        with device_scope(a):
+            return method(self, *(() if a is None else (a,)), *args, **kwargs)
+    run.on_argument_device = True
+    return run
+
+
 class Layer:
     """Base class: parameter/gradient/buffer dicts, modes, device moves, state dicts and the input checks all
     layers share.
@@ -70,6 +85,13 @@ class Layer:
     """
 
     need_input_grad = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "backward"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "on_argument_device", False):
+                setattr(cls, name, _on_argument_device(method))
 
     def __init__(self):
         self.params = {}
@@ -158,7 +180,8 @@ class Layer:
             raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model: "
                              f"{', '.join(parts)}")
         for k, v in targets.items():
-            v[...] = to_device(np.asarray(to_cpu(state[k]), dtype=v.dtype), device_of(v))
+            with device_scope(v):
+                v[...] = to_device(np.asarray(to_cpu(state[k]), dtype=v.dtype), device_of(v))
 
     # -- helpers for subclasses
     def _add_param(self, name, value):
@@ -220,11 +243,16 @@ class Layer:
         if len(shape) != ndim:
             raise ValueError(f"{self!r}: expected a {ndim}-D input {layout}, got shape {tuple(shape)}")
 
-    def _window_out(self, shape, kernel, stride, padding):
-        """(out_h, out_w) of a sliding window over the last two dims, refusing inputs smaller than it."""
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    def _window_out(self, shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+        """(out_h, out_w) of a sliding window over the last two dims (padding per axis an int or a (before,
+        after) pair; see gpucnn.devices.twins.out_size), refusing inputs the window does not fit."""
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, stride, dilation, padding
         h, w = shape[2], shape[3]
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(f"{self!r}: expected an input at least as large as the kernel {kh}x{kw} after "
-                             f"padding {ph},{pw}, got shape {tuple(shape)} ({h}x{w})")
-        return ops.out_size(h, kh, sh, ph), ops.out_size(w, kw, sw, pw)
+        oh, ow = ops.out_size(h, kh, sh, ph, dh, ceil_mode), ops.out_size(w, kw, sw, pw, dw, ceil_mode)
+        if oh < 1 or ow < 1:
+            dilated = f" (dilation {dh}x{dw}: {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1})" if (dh, dw) != (1, 1) else ""
+            pads = ",".join(str(p) if isinstance(p, numbers.Integral) else str(p[0]) if p[0] == p[1] else
+                            f"({p[0]}, {p[1]})" for p in (ph, pw))
+            raise ValueError(f"{self!r}: expected an input at least as large as the kernel {kh}x{kw}{dilated} after "
+                             f"padding {pads}, got shape {tuple(shape)} ({h}x{w})")
+        return oh, ow

@@ -182,11 +182,16 @@ class Optimizer:
         for xp, p, g, st, opt, _ in jobs:
             st["step"] += 1
             if not self._state_fields() <= set(st):
-                opt._init_state(xp, p, st)
+                with devices.device_scope(p):
+                    opt._init_state(xp, p, st)
         on_gpu = any(devices.is_gpu_array(job[1]) for job in jobs)
         for xp, p, g, st, opt, factor in jobs:
-            for block in ([(xp, p, g, st)] if on_gpu else _blocks(xp, p, g, st)):
-                opt._step(*block, lr * factor)
+            if on_gpu:
+                with devices.device_scope(p):   # each parameter's own GPU current (cuda:N)
+                    opt._step(xp, p, g, st, lr * factor)
+            else:
+                for block in _blocks(xp, p, g, st):
+                    opt._step(*block, lr * factor)
 
     def _init_state(self, xp, p, st):
         """Create the missing per-parameter state arrays, zeros by default (in name order, so that a state

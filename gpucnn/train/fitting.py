@@ -272,7 +272,8 @@ class _Session:
         chosen = h.best_epoch
         if chosen is not None and chosen != h.rows[-1]["epoch"]:
             if self.best_state is not None:
-                self.net.load_state_dict(self.best_state)
+                with devices.device_scope(self.dev):
+                    self.net.load_state_dict(self.best_state)
             else:
                 self.log(f"the weights of epoch {chosen}, the best, were not kept (best.npz is missing or of "
                          f"another epoch): the model keeps those of epoch {h.rows[-1]['epoch']}")

@@ -198,8 +198,9 @@ def build_model(model, inputs: Inputs):
     was_training = layer.training
     layer.eval()
     try:
-        x = devices.to_device(np.zeros((1, *inputs.image_shape), dtype), layer.device)
-        shape = tuple(layer(x).shape)
+        with devices.device_scope(layer.device):
+            x = devices.to_device(np.zeros((1, *inputs.image_shape), dtype), layer.device)
+            shape = tuple(layer(x).shape)
     except (ValueError, TypeError) as e:
         raise ValueError(f"model {label}: cannot take the data's {'x'.join(map(str, inputs.image_shape))} images: "
                          f"{e}") from None

@@ -35,13 +35,15 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
     """(mean loss, accuracy, confusion matrix) of the model on every batch of the loader, in eval mode.
 
     The model is put in eval mode (running statistics, no dropout) and back in the mode it had. The confusion
-    matrix is a host int64 array, rows = true class, columns = predicted class. Sums stay on the device until
-    the end: one device-to-host transfer in all. `progress` (a :class:`.progress.Progress`) shows the phase as
-    `head`, without reading the device. ValueError when the loader yields no batch.
+    matrix is a host int64 array, rows = true class, columns = predicted class. The sums and counts stay on the
+    device until the end: one device-to-host transfer (and host sync) per evaluation. The counts are scattered
+    with ``add.at`` (integer atomics on a GPU: exact and order-independent), not with ``bincount``, which reads
+    back twice per call on CuPy (cupy/_statistics/histogram.py). `progress` (a :class:`.progress.Progress`)
+    shows the phase as `head`, without reading the device. ValueError when the loader yields no batch.
     """
     from ..layers import SoftmaxCrossEntropy
     loss_layer = loss_layer or SoftmaxCrossEntropy()
-    loss_sum = counts = None
+    loss_sum = counts = ones = None
     n = k = 0
     was_training = model.training
     model.eval()
@@ -49,14 +51,17 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
         progress.begin(head, len(loader))
     try:
         for i, (x, y) in enumerate(loader):
-            logits = model(x)
-            xp = devices.get_array_module(logits)
-            if counts is None:
-                k = int(logits.shape[1])
-                loss_sum = xp.zeros((), dtype=xp.float64)
-                counts = xp.zeros(k * k, dtype=xp.int64)
-            loss_sum += loss_layer.forward(logits, y) * x.shape[0]
-            counts += xp.bincount(y.astype(xp.int64) * k + xp.argmax(logits, axis=1), minlength=k * k)
+            with devices.device_scope(x):
+                logits = model(x)
+                xp = devices.get_array_module(logits)
+                if counts is None:
+                    k = int(logits.shape[1])
+                    loss_sum = xp.zeros((), dtype=xp.float64)
+                    counts = xp.zeros(k * k, dtype=xp.int64)
+                if ones is None or ones.shape[0] < x.shape[0]:
+                    ones = xp.ones(int(x.shape[0]), dtype=xp.int64)
+                loss_sum += loss_layer.forward(logits, y) * x.shape[0]
+                xp.add.at(counts, y.astype(xp.int64) * k + xp.argmax(logits, axis=1), ones[:x.shape[0]])
             n += int(x.shape[0])
             if progress is not None and progress.due():
                 progress.show(i + 1)
@@ -66,8 +71,8 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
             progress.clear()
     if counts is None:
         raise ValueError("evaluate: the loader yielded no batches")
-    xp = devices.get_array_module(counts)
-    host = devices.to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
+    with devices.device_scope(counts):
+        host = devices.to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
     confusion = host[:-1].astype(np.int64).reshape(k, k)
     return float(host[-1]) / n, float(np.trace(confusion)) / n, confusion
 
@@ -99,9 +104,13 @@ class Trainer:
         return grads
 
     def train_epoch(self, epoch: int, epochs: int) -> dict:
-        """One pass over the training data in training mode; numbers are read back only at progress redraws
-        and at the end. Returns {"loss", "acc" (None when no step counted), "seen", "skipped", "lr",
-        "started", "seconds"}."""
+        """One pass over the training data in training mode, with the model's GPU current (cuda:N); numbers
+        are read back only at progress redraws and at the end. Returns {"loss", "acc" (None when no step
+        counted), "seen", "skipped", "lr", "started", "seconds"}."""
+        with devices.device_scope(self.model.device):
+            return self._epoch(epoch, epochs)
+
+    def _epoch(self, epoch: int, epochs: int) -> dict:
         model = self.model
         xp = devices.get_array_module(*model.params.values())
         first_bad = xp.full((), -1, dtype=xp.int64)  # the first global step with a NaN/inf loss or gradient

@@ -88,7 +88,8 @@ def predict(model, images: np.ndarray, top: int = 3) -> list[list[tuple[int, flo
     was_training = model.training
     model.eval()
     try:
-        logits = devices.to_cpu(model(devices.to_device(images, model.device))).astype(np.float64)
+        with devices.device_scope(model.device):
+            logits = devices.to_cpu(model(devices.to_device(images, model.device))).astype(np.float64)
     finally:
         model.train(was_training)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
