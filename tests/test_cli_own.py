@@ -176,16 +176,17 @@ def test_version_help_choices_and_names_in_any_case(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("mnist, fashion-mnist, cifar10", "{sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw}",
-                   "{constant,step,cosine}", "{loss,acc}", "lenet5, simple_convnet, alexnet, vgg",
+                   "{constant,step,cosine}", "{loss,acc}", ", ".join(gpucnn.models.names()),
                    "path/to/file.py:function", "--val-split F", "--early-stop N", "--decay-all", "--overwrite"):
         assert needle in text, needle
     args = cli._build_parser().parse_args(["train", "--optimizer", "SGD", "--schedule", "Cosine", "--model",
                                            "LeNet-5", "--select", "ACC", "--on-nonfinite", "Skip"])
     assert (args.optimizer, args.schedule, args.model, args.select, args.on_nonfinite) == (
         "sgd", "cosine", "lenet5", "acc", "skip")
-    assert cli.main(["train", "--model", "resnet"]) == 2
-    assert_one_error_line(capsys.readouterr().err, r"--model: invalid choice: 'resnet' \(choose from lenet5, "
-                                                   r"simple_convnet, alexnet, vgg, or give your own")
+    assert cli.main(["train", "--model", "resnet50"]) == 2
+    names = ", ".join(gpucnn.models.names())
+    assert_one_error_line(capsys.readouterr().err, rf"--model: invalid choice: 'resnet50' \(choose from {names}, "
+                                                   rf"or give your own as path/to/file\.py:function")
 
 
 def test_own_model_errors_are_one_line(own, capsys):
