@@ -88,8 +88,9 @@ def _accepting_foreign_arrays(method):
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         if any(dlpack.is_foreign(a) for a in args) or any(dlpack.is_foreign(v) for v in kwargs.values()):
-            args = tuple(dlpack.accept(a, repr(self)) for a in args)
-            kwargs = {k: dlpack.accept(v, repr(self)) for k, v in kwargs.items()}
+            owner = repr(self) if "\n" not in repr(self) else type(self).__name__   # containers: one line
+            args = tuple(dlpack.accept(a, owner) for a in args)
+            kwargs = {k: dlpack.accept(v, owner) for k, v in kwargs.items()}
         return method(self, *args, **kwargs)
     wrapper._accepts_foreign = True
     return wrapper
