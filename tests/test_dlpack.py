@@ -143,3 +143,24 @@ def test_cuda_tensors_and_cupy_arrays_share_memory():
                                   gpucnn.to_cpu(model(gpucnn.from_dlpack(x), train=False)))
     with pytest.raises(gpucnn.DeviceMismatchError, match="input is on cuda:0 but the layer's arrays are on cpu"):
         models.lenet5()(x)
+
+
+def readme_block(name):
+    """The python code between <!-- name --> and <!-- /name --> in the README."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(rf"<!-- {name} -->\s*```python\n(.*?)```\s*<!-- /{name} -->", text, re.S)
+    assert block, f"README has no {name} block"
+    return block.group(1)
+
+
+def test_readme_dlpack_round_trip_on_the_cpu_runs():
+    exec(compile(readme_block("interop-cpu"), "README.md:interop-cpu", "exec"), {})
+
+
+@pytest.mark.gpu
+def test_readme_dlpack_round_trip_on_a_gpu_runs():
+    if not torch.cuda.is_available():
+        pytest.skip("this torch build has no CUDA")
+    exec(compile(readme_block("interop-gpu"), "README.md:interop-gpu", "exec"), {})
