@@ -31,6 +31,13 @@ ZOO = {"lenet5": (lambda: models.lenet5(1, 28, 10), (3, 1, 28, 28)),
        "vgg": (lambda: models.vgg(3, 32, 10), (3, 3, 32, 32))}
 
 
+def test_every_layer_type_is_in_the_table():
+    """A layer type added to gpucnn.layers must get its interop entry (until then it is refused by name)."""
+    public = {getattr(L, name) for name in L.__all__}
+    types = {c for c in public if isinstance(c, type) and issubclass(c, L.Layer)} - {L.Layer, L.Container}
+    assert types - table_types() == set(), f"layer types without an interop entry: {types - table_types()}"
+
+
 def test_every_table_entry_is_drawn_by_the_random_models():
     """A layer type added to the table without a random builder here would go untested."""
     assert table_types() == set(RANDOM_LAYERS) | NOT_IN_MODELS

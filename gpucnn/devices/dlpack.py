@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cuda
+from . import core, cuda
 from .core import CPU, CudaUnavailableError, Device, DeviceMismatchError, device_of, get_device
 
 __all__ = ["from_dlpack", "is_foreign", "dlpack_device", "accept"]
@@ -27,8 +27,8 @@ _NAMES = {1: "kDLCPU", 2: "kDLCUDA", 3: "kDLCUDAHost", 4: "kDLOpenCL", 7: "kDLVu
 
 
 def _is_ours(x) -> bool:
-    """numpy (including the emulated GPU's arrays, a numpy subclass) or cupy arrays: used as they are."""
-    return isinstance(x, np.ndarray) or cuda.is_cupy_array(x)
+    """numpy, cupy or a registered kind's (the emulated GPU's) arrays: used as they are, never exported."""
+    return isinstance(x, np.ndarray) or cuda.is_cupy_array(x) or core._registered_kind(x) is not None
 
 
 def is_foreign(x) -> bool:
