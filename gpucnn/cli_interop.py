@@ -97,11 +97,11 @@ class _OnnxModel:
     """An onnxruntime session behind the forward(x, train=False) that gpucnn.train.evaluate calls."""
 
     def __init__(self, session):
-        self.session = session
+        from .interop import run_onnx
+        self.session, self._run = session, run_onnx
 
     def forward(self, x, train=False):
-        from .interop import run_onnx
-        return run_onnx(self.session, x)
+        return self._run(self.session, x)
 
 
 def cmd_eval_onnx(args, confusion_table) -> int:

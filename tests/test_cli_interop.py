@@ -73,7 +73,7 @@ def test_lenet5_trained_on_fashion_mnist_exports_with_the_same_accuracy(tmp_path
     reproduced by onnxruntime, its PyTorch weights giving the same logits in the twin."""
     out = tmp_path / "run"
     run(capsys, "train", "--data-dir", FASHION, "--no-download", "--epochs", "1", "--limit-train", "5000",
-        "--device", "cpu", "--out", out)
+        "--limit-test", "1000", "--device", "cpu", "--out", out)   # the training's own evaluation, kept short
     check_exports(capsys, out, "fashion-mnist", FASHION, None)
 
 

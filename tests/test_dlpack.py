@@ -164,3 +164,13 @@ def test_readme_dlpack_round_trip_on_a_gpu_runs():
     if not torch.cuda.is_available():
         pytest.skip("this torch build has no CUDA")
     exec(compile(readme_block("interop-gpu"), "README.md:interop-gpu", "exec"), {})
+
+
+def test_to_device_takes_torch_tensors():
+    """gpucnn.to_device takes a CPU tensor as it takes a numpy array (no copy for the CPU)."""
+    t = torch.arange(4, dtype=torch.float32)
+    a = gpucnn.to_device(t, "cpu")
+    t[0] = 9
+    assert type(a) is np.ndarray and a[0] == 9
+    e = gpucnn.to_device(t, "emulated")
+    assert str(devices.device_of(e)) == "emulated" and gpucnn.to_cpu(e).tolist() == [9, 1, 2, 3]

@@ -80,7 +80,7 @@ def to_torch_state_dict(model) -> dict:
             for s in _slots(model)}
 
 
-def host_array(value):
+def _host_array(value):
     """A numpy array of a state dict value: numpy, cupy, emulated, or a torch tensor on any device (detached; a
     dtype numpy lacks, such as bfloat16, is widened to float32, exactly)."""
     if type(value).__module__.split(".")[0] == "torch":
@@ -114,14 +114,14 @@ def load_torch_state_dict(model, state_dict, strict: bool = True, where: str = "
     optional = {s.theirs for s in slots if s.ours is None}
     problem = state_mismatch(expected, state_dict, strict, optional)
     not_ints = [s.theirs for s in slots if s.ours is None and s.theirs in state_dict
-                and host_array(state_dict[s.theirs]).dtype.kind not in "iu"]
+                and _host_array(state_dict[s.theirs]).dtype.kind not in "iu"]
     if not_ints:
         problem = ", ".join(filter(None, [problem, f"non-integer values for {not_ints}"]))
     if problem:
         prefix = f"{where}: " if where else ""
         raise StateDictError(f"{prefix}the PyTorch state dict does not fit the model "
                              f"({type(model).__name__}): {problem}")
-    values = {s.ours: host_array(state_dict[s.theirs]) for s in slots if s.ours is not None and s.theirs in state_dict}
+    values = {s.ours: _host_array(state_dict[s.theirs]) for s in slots if s.ours is not None and s.theirs in state_dict}
     for s in slots:
         if s.ours in values:
             target = targets[s.ours]
