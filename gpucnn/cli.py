@@ -97,7 +97,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
+    e = sub.add_parser("eval", help="evaluate a checkpoint (or an exported ONNX file) on the test split",
                        description="Test accuracy and confusion matrix of a saved model.")
     model_source = e.add_mutually_exclusive_group(required=True)
     model_source.add_argument("--checkpoint", help="a checkpoint.npz written by gpucnn train")
