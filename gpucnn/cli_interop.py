@@ -19,9 +19,9 @@ def add_export_parser(sub):
     from .interop import DEFAULT_OPSET
     x = sub.add_parser("export", help="write a checkpoint's model as ONNX, safetensors or a PyTorch state dict",
                        description="Write the model of a checkpoint for other runtimes: an ONNX file (inference "
-                                   "graph, batch size free; needs gpucnn[onnx]), a safetensors file (gpucnn[safetensors]) "
-                                   "or a PyTorch state dict for torch.load (torch). PyTorch names and layouts are "
-                                   "those of gpucnn.interop.torch_twin.")
+                                   "graph, batch size free; needs gpucnn[onnx]), a safetensors file "
+                                   "(gpucnn[safetensors]) or a PyTorch state dict for torch.load (torch). PyTorch "
+                                   "names and layouts are those of gpucnn.interop.torch_twin.")
     x.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by gpucnn train")
     x.add_argument("--format", required=True, choices=FORMATS, help="onnx, safetensors or torch")
     x.add_argument("--out", required=True, help="the file to write")

@@ -111,7 +111,8 @@ class FakeCudaInterface:
 @pytest.mark.skipif(CUDA_USABLE, reason="CUDA is usable here: CUDA memory is then taken")
 def test_cuda_memory_without_cuda_is_refused_by_name():
     for model, name in [(models.lenet5(), r"Sequential"), (L.Conv2D(1, 6, 5), r"Conv2D\(1, 6.*\)")]:
-        for fake, where in [(FakeDevice(2, 1), r"on cuda:1"), (FakeCudaInterface(), r"it offers __cuda_array_interface__")]:
+        for fake, where in [(FakeDevice(2, 1), r"on cuda:1"),
+                            (FakeCudaInterface(), r"it offers __cuda_array_interface__")]:
             with pytest.raises(gpucnn.CudaUnavailableError, match=rf"^{name}: test_dlpack.Fake\w+ is in CUDA GPU "
                                                                   rf"memory \({where}\), but CUDA is not usable.*"
                                                                   rf"tensor.cpu\(\)"):

@@ -2,8 +2,9 @@
 
 :mod:`.core` (Device, get_device, array modules, transfers, timers, random state), :mod:`.cuda` (cupy and
 CUDA status), :mod:`.emulated` (the GPU stand-in's arrays), :mod:`.emulator` (kernels/*.cu run on the CPU),
-:mod:`.kernels` (compile once per device, launch) beside :mod:`.twins` (their numpy references) and :mod:`.ops`
-(kernel or twin, by the array's device), :mod:`.dlpack` (other libraries' arrays without a copy). Importing this package registers the emulated device with the core.
+:mod:`.kernels` (compile once per device, launch) beside :mod:`.twins` (their numpy references), :mod:`.ops`
+(kernel or twin, by the array's device) and :mod:`.dlpack` (other libraries' arrays without a copy). Importing this
+package registers the emulated device with the core.
 """
 from . import core, cuda, emulated, emulator
 from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, DeviceMismatchError, DeviceTimer,
