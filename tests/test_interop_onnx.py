@@ -121,3 +121,16 @@ def test_missing_onnx_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'gpucnn\[onnxruntime\]'"):
         onnx_session("model.onnx")
+
+
+def test_a_model_on_a_device_exports_its_values(tmp_path):
+    """Parameters on a (here emulated) GPU are read back for the export; the model stays where it is."""
+    cpu_model = models.lenet5()
+    randomize(cpu_model, np.random.default_rng(3))
+    device_model = models.lenet5()
+    device_model.load_state_dict(cpu_model.state_dict())
+    device_model.to("emulated")
+    path = export_onnx(device_model, tmp_path / "m.onnx", (2, 1, 28, 28))
+    assert str(device_model.device) == "emulated"
+    x = np.random.default_rng(4).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert_close(run_onnx(path, x), cpu_model.forward(x, train=False), "onnxruntime output")
