@@ -1,9 +1,11 @@
 """Random gpucnn models for the interop tests: architectures drawn from every layer type in
 gpucnn.interop.TABLE (nested blocks included), with random weights and batch-norm statistics, so the mapping is
-checked on models nobody wrote down."""
+checked on models nobody wrote down; and what the interop tests share (the zoo, the tolerance)."""
 import numpy as np
+import torch
 
 from gpucnn import layers as L
+from gpucnn import models
 from gpucnn.interop import TABLE
 
 
@@ -120,3 +122,24 @@ def layer_types(model):
 
 def table_types():
     return set(TABLE)
+
+
+# ------------------------------------------------------------------------------ shared by the tests
+
+RTOL = 1e-5   # float32: max|ours - theirs| <= RTOL * max|theirs|
+SEEDS = range(24)
+
+
+def assert_close(ours, theirs, what, rtol=RTOL):
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
+    err = float(np.max(np.abs(ours - theirs)))
+    assert err <= rtol * max(float(np.max(np.abs(theirs))), 1e-30), f"{what}: max abs error {err:.3g}"
+
+
+# name -> (builder, input shape): every zoo model, AlexNet in both forms
+ZOO = {"lenet5": (lambda: models.lenet5(1, 28, 10), (3, 1, 28, 28)),
+       "simple_convnet": (lambda: models.simple_convnet(3, 32, 7), (2, 3, 32, 32)),
+       "alexnet-small": (lambda: models.alexnet(3, 32, 10), (2, 3, 32, 32)),
+       "alexnet-imagenet": (lambda: models.alexnet(3, 128, 10), (1, 3, 128, 128)),
+       "vgg": (lambda: models.vgg(3, 32, 10), (3, 3, 32, 32))}

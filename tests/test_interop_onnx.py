@@ -5,12 +5,11 @@ import numpy as np
 import onnx
 import pytest
 
-from _interop_nets import random_model, randomize
+from _interop_nets import SEEDS, ZOO, assert_close, random_model, randomize
 from gpucnn import layers as L
 from gpucnn import models
 from gpucnn.interop import (DEFAULT_OPSET, MissingDependencyError, UnsupportedLayerError, export_onnx, onnx_session,
                             run_onnx, to_onnx)
-from test_interop_torch import SEEDS, ZOO, assert_close
 
 
 def check(model, shape, tmp_path, batch=None, **kwargs):

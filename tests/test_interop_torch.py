@@ -1,34 +1,18 @@
 """PyTorch names, layouts and twins (gpucnn.interop): exact state-dict round trips for every layer type and zoo
 model, twins that compute what the gpucnn model computes, weights made by PyTorch loading into gpucnn, and
-every mismatch named. Models are drawn at random from the layer table (tests/_interop_nets.py)."""
+every mismatch named. Models are drawn at random from the layer table (tests/_interop_nets.py); outputs agree to
+1e-5 of their largest magnitude (float32)."""
 import numpy as np
 import pytest
 import torch
 
 import gpucnn
-from _interop_nets import NOT_IN_MODELS, RANDOM_LAYERS, layer_types, random_model, randomize, table_types
+from _interop_nets import (NOT_IN_MODELS, RANDOM_LAYERS, SEEDS, ZOO, assert_close, layer_types, random_model,
+                          randomize, table_types)
 from gpucnn import layers as L
 from gpucnn import models
 from gpucnn.interop import (IncompatibleKeys, MissingDependencyError, StateDictError, UnsupportedLayerError,
                             convert_to_torch, load_torch_state_dict, to_torch_state_dict, torch_names, torch_twin)
-
-RTOL = 1e-5   # float32: max|ours - theirs| <= RTOL * max|theirs|
-SEEDS = range(24)
-
-
-def assert_close(ours, theirs, what, rtol=RTOL):
-    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
-    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} != {theirs.shape}"
-    err = float(np.max(np.abs(ours - theirs)))
-    assert err <= rtol * max(float(np.max(np.abs(theirs))), 1e-30), f"{what}: max abs error {err:.3g}"
-
-
-# name -> (builder, input shape): every zoo model, AlexNet in both forms
-ZOO = {"lenet5": (lambda: models.lenet5(1, 28, 10), (3, 1, 28, 28)),
-       "simple_convnet": (lambda: models.simple_convnet(3, 32, 7), (2, 3, 32, 32)),
-       "alexnet-small": (lambda: models.alexnet(3, 32, 10), (2, 3, 32, 32)),
-       "alexnet-imagenet": (lambda: models.alexnet(3, 128, 10), (1, 3, 128, 128)),
-       "vgg": (lambda: models.vgg(3, 32, 10), (3, 3, 32, 32))}
 
 
 def test_every_layer_type_is_in_the_table():
