@@ -26,6 +26,13 @@ def test_wheel_contains_every_kernel_source(wheel):
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
+def test_wheel_contains_every_module(wheel):
+    """Every module of the gpucnn package (subpackages such as gpucnn.interop included) is in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gpucnn").rglob("*.py"))
+    assert [m for m in modules if m not in names] == []
+
+
 def test_installed_wheel_loads_its_kernels(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
