@@ -204,6 +204,7 @@ def test_unknown_layers_and_options_are_refused_by_name(use):
 
 def test_missing_torch_names_the_extra(monkeypatch):
     import sys
-    monkeypatch.setitem(sys.modules, "gpucnn.interop._torch_modules", None)
-    with pytest.raises(MissingDependencyError, match=r"pip install 'gpucnn\[torch\]'"):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(MissingDependencyError,
+                       match=r"torch_twin needs the torch package.*pip install 'gpucnn\[torch\]'"):
         torch_twin(models.lenet5())

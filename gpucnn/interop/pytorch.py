@@ -144,7 +144,8 @@ def torch_twin(model):
     Needs torch (extra ``torch``: MissingDependencyError otherwise); raises UnsupportedLayerError for a layer the
     table does not know.
     """
-    t = require("gpucnn.interop._torch_modules", "torch", "gpucnn.interop.torch_twin")
+    require("torch", "torch", "gpucnn.interop.torch_twin")
+    from . import _torch_modules as t
     module = _build(model, "", t)
     module.load_state_dict({k: t.torch.from_numpy(v) for k, v in to_torch_state_dict(model).items()}, strict=True)
     return module
