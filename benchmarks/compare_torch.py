@@ -1,7 +1,7 @@
 """Time one training step (forward, backward, optimizer update) and one inference pass of gpucnn against
 PyTorch on the CPU: same architecture, batch, dtype and thread count, the two alternated in one process.
 
-    python benchmarks/compare_torch.py [--rounds 7] [--steps 10] [--threads 2] [--only lenet5|alexnet]
+    python benchmarks/compare_torch.py [--rounds 7] [--steps 10] [--threads 2] [--only lenet5|alexnet|resnet]
 
 Prints the median time per step of each and their ratio (gpucnn / torch: lower is better for gpucnn), and the
 load average before each case: other processes on the machine distort both (OpenBLAS threads spin badly when
@@ -19,7 +19,7 @@ import time
 
 def gpucnn_nets():
     from gpucnn import layers as L
-    from gpucnn.models import lenet5
+    from gpucnn.models import lenet5, resnet
     from gpucnn.layers import Sequential
 
     def alexnet_small():
@@ -30,11 +30,28 @@ def gpucnn_nets():
             L.Conv2D(384, 256, 3, padding=1), L.ReLU(),
             L.Conv2D(256, 256, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
             L.Affine(4096, 1024), L.ReLU(), L.Affine(1024, 1024), L.ReLU(), L.Affine(1024, 10)])
-    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_small}
+    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_small,
+            "resnet": lambda: resnet(in_channels=1, input_size=28, num_classes=10)}
 
 
 def torch_nets():
     import torch.nn as nn
+
+    class Block(nn.Module):   # gpucnn.models.resnet's basic block
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            return nn.functional.relu(self.body(x) + self.shortcut(x))
+
+    def resnet():
+        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                             Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten(), nn.Linear(64, 10))
 
     def lenet5():
         return nn.Sequential(
@@ -50,10 +67,10 @@ def torch_nets():
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
             nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
             nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    return {"lenet5": lenet5, "alexnet": alexnet_small}
+    return {"lenet5": lenet5, "alexnet": alexnet_small, "resnet": resnet}
 
 
-CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32))}
+CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32)), "resnet": (128, (1, 28, 28))}
 
 
 def make_gpucnn_step(name):

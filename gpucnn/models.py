@@ -10,11 +10,17 @@ of the affine layers are derived from the input, so the same net trains on 28x28
 - ``alexnet``: Krizhevsky et al. 2012: five conv layers, LRN after the first two, overlapping 3x3/2
   max-pools, two dropout+affine layers. Two forms, picked by input size (or ``form=``):
     * ``imagenet`` (input >= 128, e.g. 3x227x227): 96@11x11/4, 256@5x5 p2, 384, 384, 256 @3x3 p1,
-      affine 4096, 4096 (about 62M parameters at 227x227 with 1000 classes);
+      affine 4096, 4096 (62,378,344 parameters at 227x227 with 1000 classes, as torchvision's layout);
+      ``original=True`` splits conv2, conv4 and conv5 into two groups, as the paper's two-GPU model and the
+      Caffe reference model bvlc_alexnet (60,965,224 parameters at 227x227 with 1000 classes);
     * ``small`` (28-127 px, e.g. CIFAR-10): 64@3x3 p1, 192@3x3 p1, 384, 256, 256 @3x3 p1,
       affine 1024, 1024.
 - ``vgg``: Simonyan & Zisserman 2014 style: blocks of (3x3 conv, BatchNorm2D, ReLU) x 2 then a 2x2
   max-pool, widths 32, 64, 128 by default, then dropout, affine 256 with BatchNorm1D, classes.
+- ``resnet``: He et al. 2016's CIFAR ResNets, small: a 3x3 conv stem, then per width a stage of basic
+  residual blocks (3x3 conv, BN, ReLU, 3x3 conv, BN, plus the input; ReLU after the sum), every stage but
+  the first halving the map with a stride-2 first block whose shortcut is a strided 1x1 conv and BN; then
+  global average pooling and one affine layer. Fits any input size.
 """
 from __future__ import annotations
 
@@ -108,8 +114,8 @@ def _build(name, specs_fn, in_channels, input_size, num_classes, **options):
     for spec, shape in zip(specs, shapes):
         kind = spec[0]
         if kind == "conv":
-            _, out, k, s, p, bias = spec
-            layers.append(L.Conv2D(shape[0], out, k, stride=s, padding=p, bias=bias))
+            _, out, k, s, p, bias, groups = spec
+            layers.append(L.Conv2D(shape[0], out, k, stride=s, padding=p, groups=groups, bias=bias))
         elif kind == "pool":
             layers.append(L.MaxPool2D(spec[1], stride=spec[2]))
         elif kind == "relu":
@@ -142,8 +148,8 @@ def _fits(specs, c, s):
 
 # --------------------------------------------------------------------------------------------- models
 
-def _conv(out, k, stride=1, padding=0, bias=True):
-    return ("conv", out, k, stride, padding, bias)
+def _conv(out, k, stride=1, padding=0, bias=True, groups=1):
+    return ("conv", out, k, stride, padding, bias, groups)
 
 
 def _pool(k, stride=None):
@@ -173,25 +179,34 @@ ALEXNET_FORMS = ("imagenet", "small")
 
 
 def alexnet(in_channels: int = 3, input_size=227, num_classes: int = 1000, dropout: float = 0.5,
-            form: str | None = None):
-    """AlexNet: the ImageNet form for inputs of 128 px and more, a small form for 28-127 px (see module doc)."""
+            form: str | None = None, original: bool = False):
+    """AlexNet: the ImageNet form for inputs of 128 px and more (original=True: 2012's two groups), else a small form.
+
+    ``original=True`` takes the ImageNet form with conv2, conv4 and conv5 in two groups, as the 2012 paper's
+    two-GPU model and Caffe's bvlc_alexnet (60,965,224 parameters at 3x227x227 with 1000 classes); ValueError
+    with form='small'. See the module doc for the layers of each form."""
     h, w = _size(input_size)
+    if not isinstance(original, bool):
+        raise ValueError(f"alexnet: original must be True or False, got {original!r}")
     if form is None:
-        form = "imagenet" if min(h, w) >= 128 else "small"
+        form = "imagenet" if original or min(h, w) >= 128 else "small"
     if form not in ALEXNET_FORMS:
         raise ValueError(f"alexnet: form must be one of {', '.join(ALEXNET_FORMS)}, got {form!r}")
+    if original and form != "imagenet":
+        raise ValueError(f"alexnet: original=True is the ImageNet form with grouped convolutions, got form={form!r}")
+    groups = 2 if original else 1
 
     def specs(num_classes):
         if form == "imagenet":
             convs = [_conv(96, 11, stride=4), RELU, ("lrn",), _pool(3, 2),
-                     _conv(256, 5, padding=2), RELU, ("lrn",), _pool(3, 2)]
+                     _conv(256, 5, padding=2, groups=groups), RELU, ("lrn",), _pool(3, 2)]
             widths, hidden = (384, 384, 256), 4096
         else:
             convs = [_conv(64, 3, padding=1), RELU, ("lrn",), _pool(3, 2),
                      _conv(192, 3, padding=1), RELU, ("lrn",), _pool(3, 2)]
             widths, hidden = (384, 256, 256), 1024
-        for width in widths:
-            convs += [_conv(width, 3, padding=1), RELU]
+        for i, width in enumerate(widths):
+            convs += [_conv(width, 3, padding=1, groups=1 if i == 0 else groups), RELU]
         return convs + [_pool(3, 2),
                         ("dropout", dropout), ("affine", hidden), RELU,
                         ("dropout", dropout), ("affine", hidden), RELU,
@@ -212,7 +227,40 @@ def vgg(in_channels: int = 3, input_size=32, num_classes: int = 10, widths=(32, 
     return _build("vgg", specs, in_channels, input_size, num_classes)
 
 
-MODELS = {"lenet5": lenet5, "simple_convnet": simple_convnet, "alexnet": alexnet, "vgg": vgg}
+def _basic_block(in_width, width, stride):
+    """One residual block of ResNet-18/34 and the CIFAR ResNets (He et al. 2016, Fig. 2), ReLU after the sum."""
+    from . import layers as L
+    shortcut = None
+    if stride != 1 or in_width != width:   # projection shortcut (option B of the paper)
+        shortcut = L.Sequential(L.Conv2D(in_width, width, 1, stride=stride, bias=False), L.BatchNorm2D(width))
+    return [L.Residual(L.Conv2D(in_width, width, 3, stride=stride, padding=1, bias=False), L.BatchNorm2D(width),
+                       L.ReLU(), L.Conv2D(width, width, 3, padding=1, bias=False), L.BatchNorm2D(width),
+                       shortcut=shortcut), L.ReLU()]
+
+
+def resnet(in_channels: int = 3, input_size=32, num_classes: int = 10, widths=(16, 32, 64), blocks=(1, 1, 1)):
+    """A small ResNet for 28-32 px inputs: 3x3 conv stem, residual stages (BN), global average pooling."""
+    from . import layers as L
+    _positive("in_channels", in_channels)
+    _positive("num_classes", num_classes)
+    _size(input_size)
+    widths, blocks = tuple(widths), tuple(blocks)
+    if not widths or len(blocks) != len(widths):
+        raise ValueError(f"resnet: expected one block count per stage width, got widths={widths}, blocks={blocks}")
+    for what, values in (("widths", widths), ("blocks", blocks)):
+        for v in values:
+            _positive(f"resnet: {what}", v)
+    layers = [L.Conv2D(in_channels, widths[0], 3, padding=1, bias=False), L.BatchNorm2D(widths[0]), L.ReLU()]
+    width = widths[0]
+    for stage, (out, count) in enumerate(zip(widths, blocks)):
+        for b in range(count):
+            layers += _basic_block(width, out, 2 if stage > 0 and b == 0 else 1)
+            width = out
+    layers += [L.GlobalAvgPool2D(), L.Flatten(), L.Affine(width, num_classes)]
+    return L.Sequential(layers)
+
+
+MODELS = {"lenet5": lenet5, "simple_convnet": simple_convnet, "alexnet": alexnet, "vgg": vgg, "resnet": resnet}
 
 
 def names() -> list[str]:

@@ -63,6 +63,16 @@ def test_train_then_eval_in_subprocesses(data_dir, tmp_path):
     assert sum(int(v) for line in table for v in line.split()[2:12]) == 32
 
 
+def test_train_and_eval_a_resnet(data_dir, tmp_path, capsys):
+    """The residual model trains, checkpoints its nested parameters ("3.shortcut.0.W"-style) and evaluates."""
+    out = tmp_path / "resnet"
+    assert cli.main(tiny_train_args(data_dir, out, "--model", "resnet")) == 0
+    assert "training resnet" in capsys.readouterr().out
+    assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.npz"), "--data-dir", str(data_dir), "--device",
+                     "cpu", "--limit-test", "32"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
 def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = ["train", "--dataset", "mnist", "--data-dir", data_dir, "--no-download", "--epochs", "1",
@@ -83,7 +93,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
 @pytest.mark.parametrize("args,pattern", [
     (["train", "--epochs", "0"], r"epochs must be a positive integer, got 0"),
     (["train", "--epochs", "two"], r"--epochs: invalid int value: 'two'"),
-    (["train", "--model", "resnet"], r"--model: invalid choice: 'resnet'"),
+    (["train", "--model", "googlenet"], r"--model: invalid choice: 'googlenet'"),
     (["train", "--optimizer", "lbfgs"], r"--optimizer: invalid choice"),
     (["train", "--on-nonfinite", "ignore"], r"--on-nonfinite: invalid choice"),
     (["train", "--lr", "-1"], r"lr must be a positive number"),

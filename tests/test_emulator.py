@@ -209,22 +209,23 @@ def test_parser_reads_signatures_as_written():
 
 
 def test_project_kernel_signatures_match_what_the_launchers_pass():
-    """The contract between kernels/*.cu and gpucnn/kernels.py, spelled out."""
-    geometry = ["int H", "int W", "int kh", "int kw", "int sh", "int sw", "int ph", "int pw", "int oh", "int ow"]
-    want = {   # inputs, outputs; im2col/col2im also take the channel count before the geometry
-        "im2col": (["const T* x", "int C"], ["T* col"]),
-        "col2im": (["const T* col", "int C"], ["T* x"]),
-        "maxpool_forward": (["const T* x"], ["T* y", "int* argmax"]),
-        "maxpool_backward": (["const T* dy", "const int* argmax"], ["T* dx"]),
-        "avgpool_forward": (["const T* x"], ["T* y"]),
-        "avgpool_backward": (["const T* dy"], ["T* dx"]),
+    """The contract between kernels/*.cu and gpucnn/devices/kernels.py, spelled out."""
+    window = ["int H", "int W", "int kh", "int kw", "int sh", "int sw", "int ph", "int pw"]
+    dilated = window + ["int dh", "int dw", "int oh", "int ow"]
+    want = {   # inputs, geometry, outputs; im2col/col2im also take the batch, channel and group counts first
+        "im2col": (["const T* x"], ["int N", "int C", "int G"] + dilated, ["T* col"]),
+        "col2im": (["const T* col"], ["int N", "int C", "int G"] + dilated, ["T* x"]),
+        "maxpool_forward": (["const T* x"], dilated, ["T* y", "int* argmax"]),
+        "maxpool_backward": (["const T* dy", "const int* argmax"], dilated, ["T* dx"]),
+        "avgpool_forward": (["const T* x"], window + ["int oh", "int ow", "int count_include_pad"], ["T* y"]),
+        "avgpool_backward": (["const T* dy"], window + ["int oh", "int ow", "int count_include_pad"], ["T* dx"]),
     }
     found = {}
     for path in kernels.sources().values():
         found.update(emulator.parse_kernels(path.read_text()))
     expected = set()
     for op, (src, base) in kernels.KERNELS.items():
-        inputs, outputs = want[op]
+        inputs, geometry, outputs = want[op]
         for suffix, t in (("f32", "float"), ("f64", "double")):
             name = f"{base}_{suffix}"
             expected.add(name)

@@ -91,6 +91,67 @@ def test_pools(cls, args):
     check_layer(cls(*args), distinct(rng, (2, 2, 5, 6)))
 
 
+CONV_OPTION_CASES = [  # (cin, cout, kernel, stride, padding, dilation, groups, input (n, h, w))
+    (2, 4, 3, 1, "same", 2, 2, (2, 6, 5)),
+    (3, 3, (2, 3), (2, 1), (1, 0, 2, 1), (2, 1), 3, (1, 6, 5)),
+    (2, 2, 4, 1, "same", 1, 1, (1, 5, 4)),
+    (4, 2, (3, 2), 2, "valid", (1, 2), 2, (2, 7, 6)),
+]
+
+
+@pytest.mark.parametrize("case", CONV_OPTION_CASES, ids=str)
+def test_conv2d_options(case):
+    cin, cout, k, s, p, d, g, (n, h, w) = case
+    rng = np.random.default_rng(0)
+    layer = randomise_params(L.Conv2D(cin, cout, k, s, p, d, g, dtype=F64), rng)
+    check_layer(layer, rng.standard_normal((n, cin, h, w)))
+
+
+@pytest.mark.parametrize("case", [(2, 4, 3, 2, 1, 1, 2, 1, (2, 3, 2)), (3, 3, (2, 3), (1, 2), (0, 1), (1, 0), 3, 2, (1, 2, 3)),
+                                  (2, 1, 1, 1, 0, 0, 1, 1, (2, 2, 2))], ids=str)
+def test_conv_transpose2d(case):
+    cin, cout, k, s, p, op, g, d, (n, h, w) = case
+    rng = np.random.default_rng(0)
+    layer = randomise_params(L.ConvTranspose2D(cin, cout, k, s, p, op, g, dilation=d, dtype=F64), rng)
+    check_layer(layer, rng.standard_normal((n, cin, h, w)))
+
+
+@pytest.mark.parametrize("layer", [L.MaxPool2D(2, 2, 1, 2, True), L.MaxPool2D((3, 2), 1, (1, 0), (2, 3)),
+                                   L.AvgPool2D(3, 2, 1, True, False), L.AvgPool2D(2, 2, 1, True, True),
+                                   L.GlobalAvgPool2D(), L.AdaptiveAvgPool2D((3, 4)), L.AdaptiveAvgPool2D((None, 2))],
+                         ids=repr)
+def test_pool_options(layer):
+    rng = np.random.default_rng(0)
+    check_layer(layer, distinct(rng, (2, 2, 5, 6)))
+
+
+def test_residual_and_concat():
+    rng = np.random.default_rng(0)
+    block = Sequential(
+        L.Residual(L.Conv2D(2, 3, 3, stride=2, padding=1, dtype=F64), L.Tanh(), L.Conv2D(3, 3, 1, dtype=F64),
+                   shortcut=L.Conv2D(2, 3, 1, stride=2, dtype=F64)),
+        L.Concat(L.Conv2D(3, 2, 1, dtype=F64), L.Residual(L.Conv2D(3, 3, 3, padding=1, groups=3, dtype=F64))))
+    block.need_input_grad = True
+    for p in block.params.values():
+        p[...] = rng.standard_normal(p.shape) * 0.5
+    check_layer(block, rng.standard_normal((2, 2, 5, 4)))
+
+
+@pytest.mark.parametrize("options", [dict(label_smoothing=0.3), dict(weight=[0.5, 2.0, 0.0, 1.0, 1.5]),
+                                     dict(ignore_index=1, label_smoothing=0.1, weight=[1.0, 2.0, 3.0, 0.5, 1.0]),
+                                     dict(reduction="sum"), dict(reduction="none", label_smoothing=0.2)], ids=str)
+def test_softmax_cross_entropy_options(options):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 5)) * 3
+    labels = np.array([0, 1, 2, 1, 4, 3])
+    ce = L.SoftmaxCrossEntropy(**options)
+    dout = rng.standard_normal(6) if options.get("reduction") == "none" else 2.0
+    ce.forward(logits, labels)
+    dlogits = ce.backward(dout)
+    numeric = numeric_grad(lambda: float(np.sum(ce.forward(logits, labels) * dout)), logits)
+    assert_grad(dlogits, numeric, f"SoftmaxCrossEntropy({options}) dlogits")
+
+
 def test_affine():
     rng = np.random.default_rng(0)
     layer = randomise_params(L.Affine(12, 5, dtype=F64), rng)

@@ -177,6 +177,86 @@ def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_pe
         assert got.tobytes() == ops.col2im(twin_col, x.shape, *win[2:]).tobytes()
 
 
+# Dilation, groups, asymmetric (and negative trailing) padding, ceil_mode and exclusive averaging.
+#               n  c  h   w  kh kw sh sw  (top, bottom) (left, right) dh dw  G  ceil  count_include_pad
+OPTION_CASES = [(2, 4, 9, 7, 3, 2, 2, 1, (1, 2), (0, 1), 2, 3, 2, False, True),    # grouped, dilated, asymmetric
+                (1, 3, 6, 8, 2, 3, 1, 2, (0, 0), (2, 0), 1, 2, 3, True, False),    # depthwise, batch 1
+                (2, 6, 5, 5, 3, 3, 2, 2, (1, 1), (1, 1), 1, 1, 2, True, False),    # ceil_mode adds a window
+                (1, 2, 11, 4, 4, 1, 3, 1, (2, 2), (0, 0), 2, 1, 1, True, True),    # 1-column kernel, tall dilation
+                (2, 1, 4, 4, 3, 3, 2, 2, (1, 0), (1, -1), 1, 1, 1, False, True),   # trailing padding < 0 (output_padding)
+                (1, 8, 3, 3, 2, 2, 3, 3, (1, 1), (1, 1), 2, 2, 4, True, False)]    # stride > dilated kernel
+OPTION_IDS = ["x".join(map(str, c)).replace(" ", "") for c in OPTION_CASES]
+
+
+def option_ops(case):
+    """(kernel launcher, twin) per op for one OPTION_CASES entry; both take (x, dy, col, **launch)."""
+    n, c, h, w, kh, kw, sh, sw, pv, pu, dh, dw, g, ceil, include = case
+    pool = (kh, kw, sh, sw, pv[0], pu[0])          # pools pad the same on both sides
+    conv = (kh, kw, sh, sw, pv, pu, dh, dw)
+    argmax = lambda x: ops.maxpool_forward(x, *pool, dh, dw, ceil)[1]
+    return {
+        "im2col": (lambda x, dy, col, **k: kernels.im2col(emu(x), *conv, g, **k),
+                   lambda x, dy, col: ops.im2col(x, *conv, g)),
+        "col2im": (lambda x, dy, col, **k: kernels.col2im(emu(col), x.shape, *conv[2:], **k),
+                   lambda x, dy, col: ops.col2im(col, x.shape, *conv[2:])),
+        "maxpool_forward": (lambda x, dy, col, **k: kernels.maxpool_forward(emu(x), *pool, dh, dw, ceil, **k),
+                            lambda x, dy, col: ops.maxpool_forward(x, *pool, dh, dw, ceil)),
+        "maxpool_backward": (
+            lambda x, dy, col, **k: kernels.maxpool_backward(emu(dy), emu(argmax(x)), x.shape, *pool, dh, dw, ceil,
+                                                             **k),
+            lambda x, dy, col: ops.maxpool_backward(dy, argmax(x), x.shape, *pool, dh, dw, ceil)),
+        "avgpool_forward": (lambda x, dy, col, **k: kernels.avgpool_forward(emu(x), *pool, ceil, include, **k),
+                            lambda x, dy, col: ops.avgpool_forward(x, *pool, ceil, include)),
+        "avgpool_backward": (lambda x, dy, col, **k: kernels.avgpool_backward(emu(dy), x.shape, *pool, ceil, include,
+                                                                              **k),
+                             lambda x, dy, col: ops.avgpool_backward(dy, x.shape, *pool, ceil, include)),
+    }
+
+
+def option_data(case, op, dtype):
+    n, c, h, w, kh, kw, sh, sw, pv, pu, dh, dw, g, ceil, include = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    x[rng.random(x.shape) < 0.2] = -np.inf if op.startswith("maxpool") else 0
+    if op.startswith("maxpool"):
+        oh, ow = ops.out_size(h, kh, sh, pv[0], dh, ceil), ops.out_size(w, kw, sw, pu[0], dw, ceil)
+    elif op.startswith("avgpool"):
+        oh, ow = ops.out_size(h, kh, sh, pv[0], 1, ceil), ops.out_size(w, kw, sw, pu[0], 1, ceil)
+    else:
+        oh, ow = ops.out_size(h, kh, sh, pv, dh), ops.out_size(w, kw, sw, pu, dw)
+    dy = rng.standard_normal((n, c, oh, ow)).astype(dtype)
+    col = rng.standard_normal((g, n, oh, ow, kh, kw, c // g)).astype(dtype)
+    return x, dy, col if g > 1 else col[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", OPTION_CASES, ids=OPTION_IDS)
+@pytest.mark.parametrize("op", list(OPS))
+def test_kernel_options_match_numpy_twin_for_any_launch(op, case, dtype):
+    x, dy, col = option_data(case, op, dtype)
+    run, twin = option_ops(case)[op]
+    ref = twin(x, dy, col)
+    for name, launch in LAUNCHES.items():
+        compare(op, run(x, dy, col, launch=launch), ref, dtype, f"{op} {case} launch={name}")
+    if op in ("im2col", "col2im"):   # the same taps in the same order: bit for bit
+        got = host(run(x, dy, col))
+        assert got.tobytes() == np.ascontiguousarray(ref).tobytes(), op
+
+
+@pytest.mark.parametrize("case", OPTION_CASES, ids=OPTION_IDS)
+def test_grouped_dilated_columns_are_torch_unfold(case):
+    """Group g's columns hold input channels g*C/G.., each window's taps dh/dw apart, padding as given."""
+    n, c, h, w, kh, kw, sh, sw, (pt, pb), (pl, pr), dh, dw, g, _, _ = case
+    x = np.random.default_rng(8).standard_normal((n, c, h, w))
+    padded = torch.nn.functional.pad(torch.from_numpy(x), (pl, max(pr, 0), pt, max(pb, 0)))
+    oh, ow = ops.out_size(h, kh, sh, (pt, pb), dh), ops.out_size(w, kw, sw, (pl, pr), dw)
+    full = [ops.out_size(size, k, s, 0, d) for size, k, s, d in zip(padded.shape[2:], (kh, kw), (sh, sw), (dh, dw))]
+    unfold = torch.nn.functional.unfold(padded, (kh, kw), dilation=(dh, dw), stride=(sh, sw)).numpy()
+    want = unfold.reshape(n, g, c // g, kh, kw, *full)[..., :oh, :ow]     # a negative trailing pad drops windows
+    got = ops.im2col(x, kh, kw, sh, sw, (pt, pb), (pl, pr), dh, dw, g)
+    np.testing.assert_array_equal(got if g > 1 else got[None], want.transpose(1, 0, 5, 6, 3, 4, 2))
+
+
 def tie_and_nan_input(dtype):
     rng = np.random.default_rng(3)
     x = rng.integers(0, 3, size=(2, 3, 9, 8)).astype(dtype)   # many ties
@@ -199,8 +279,7 @@ def test_maxpool_ties_and_nans_like_the_twin(win, dtype):
 
 
 def test_maxpool_argmax_agrees_with_pytorch_on_ties_and_nans():
-    x = tie_and_nan_input(np.float32)
-    x[0, 1] = 0.0                       # PyTorch's index for an all -inf window is not comparable
+    x = tie_and_nan_input(np.float32)   # with an all -inf channel: padding must not win (PyTorch's first input)
     kh, kw, sh, sw, ph, pw = 3, 3, 2, 2, 1, 1
     y, arg = kernels.maxpool_forward(emu(x), kh, kw, sh, sw, ph, pw)
     y, arg = host(y), host(arg)

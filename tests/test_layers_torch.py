@@ -3,62 +3,24 @@
 Shapes, strides, paddings and sizes are drawn from seeded generators (plus hand-picked edge cases), so
 the cases cover configurations nobody picked by hand. Tolerance: max|ours - torch| <= 2e-4 * max(1, max|torch|).
 """
-import zlib
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gpucnn
+from _oracle import against_torch, assert_close, case_rng, leaf, randn
 from gpucnn import layers as L
 from gpucnn.interop import convert_to_torch, torch_twin
 from gpucnn.layers import Sequential
 
-TOL = 2e-4
 N_RANDOM = 40
-
-
-def assert_close(ours, ref, what="", tol=TOL):
-    ref = ref.detach().numpy() if isinstance(ref, torch.Tensor) else np.asarray(ref)
-    ours = np.asarray(ours)
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} != torch {ref.shape}"
-    assert ours.dtype == ref.dtype, f"{what}: dtype {ours.dtype} != torch {ref.dtype}"
-    err = float(np.max(np.abs(ours - ref))) if ref.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(ref)))) if ref.size else 1.0
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol} * {scale:.3g}"
-
-
-def case_rng(case):
-    """A generator seeded from a case's description (stable across runs, unlike hash())."""
-    return np.random.default_rng(zlib.crc32(repr(case).encode()))
-
-
-def randn(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
-def leaf(a):
-    return torch.tensor(a, requires_grad=True)
 
 
 def run_ours(layer, x, dout):
     y = layer.forward(x)
     dx = layer.backward(dout)
     return y, dx
-
-
-def against_torch(layer, x, torch_fn, rng, train=True):
-    """Forward and backward of `layer` and of torch_fn(x as a leaf) with one random dout: y and dx must agree.
-    Leaves torch_fn closes over (weights) get their gradients too."""
-    xt = leaf(x)
-    yt = torch_fn(xt)
-    dout = randn(rng, *yt.shape)
-    yt.backward(torch.tensor(dout))
-    y = layer.forward(x, train=train)
-    dx = layer.backward(dout)
-    assert_close(y, yt, "y")
-    assert_close(dx, xt.grad, "dx")
 
 
 # ----------------------------------------------------------------------------------------- Conv2D

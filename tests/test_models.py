@@ -78,8 +78,8 @@ def test_too_small_input_names_the_model_and_smallest_size(name, size, smallest)
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="unknown model 'resnet'.*lenet5.*simple_convnet.*alexnet.*vgg"):
-        models.get("resnet")
+    with pytest.raises(ValueError, match="unknown model 'googlenet'.*lenet5.*simple_convnet.*alexnet.*vgg.*resnet"):
+        models.get("googlenet")
     with pytest.raises(ValueError, match="in_channels"):
         models.lenet5(in_channels=0)
     with pytest.raises(ValueError, match="num_classes"):
@@ -94,3 +94,52 @@ def test_bad_arguments():
     assert models.canonical_name("SimpleConvNet") == "simple_convnet"
     with pytest.raises(ValueError, match="unknown model 'lenet'"):
         models.canonical_name("lenet")
+
+
+def test_alexnet_original_has_the_caffe_models_grouped_convolutions_and_parameter_count():
+    model = models.alexnet(in_channels=3, input_size=227, num_classes=1000, original=True)
+    assert model.num_params() == 60_965_224
+    twin = nn.Sequential(
+        nn.Conv2d(3, 96, 11, stride=4), nn.Conv2d(96, 256, 5, padding=2, groups=2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.Conv2d(384, 384, 3, padding=1, groups=2),
+        nn.Conv2d(384, 256, 3, padding=1, groups=2), nn.Linear(256 * 6 * 6, 4096), nn.Linear(4096, 4096),
+        nn.Linear(4096, 1000))
+    assert model.num_params() == torch_count(twin)
+    convs = [layer for layer in model if type(layer).__name__ == "Conv2D"]
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]
+    assert [c.params["W"].shape for c in convs][1] == (256, 48, 5, 5)
+    text = model.summary((1, 3, 227, 227))
+    assert "(1, 96, 55, 55)" in text and "(1, 256, 6, 6)" in text and "(1, 1000)" in text
+    # the other forms are unchanged; original=True means the ImageNet form at any size it fits
+    assert models.alexnet(3, 227, 1000).num_params() == 62_378_344
+    assert models.alexnet(3, 96, 10, original=True).params["0.W"].shape == (96, 3, 11, 11)
+    with pytest.raises(ValueError, match="original=True is the ImageNet form"):
+        models.alexnet(3, 227, 1000, form="small", original=True)
+
+
+def test_parameter_names_of_the_existing_models_are_unchanged():
+    """Checkpoints of today's models still load: their parameters keep the flat "<index>.<name>" keys."""
+    for name in ("lenet5", "simple_convnet", "alexnet", "vgg"):
+        model = models.get(name, in_channels=1, input_size=32, num_classes=10)
+        for i, layer in enumerate(model):
+            for key in layer.params:
+                assert f"{i}.{key}" in model.params
+        assert all(k.count(".") == 1 for k in model.params)
+    assert list(models.lenet5().params) == ["0.W", "0.b", "3.W", "3.b", "6.W", "6.b", "8.W", "8.b", "10.W", "10.b"]
+
+
+def test_resnet_stages_and_options():
+    model = models.resnet(in_channels=1, input_size=28, num_classes=10)
+    assert model.num_params() == 77_754
+    kinds = [type(layer).__name__ for layer in model]
+    assert kinds.count("Residual") == 3 and kinds[-3:] == ["GlobalAvgPool2D", "Flatten", "Affine"]
+    assert model.output_shape((2, 1, 28, 28)) == (2, 10)
+    deeper = models.resnet(3, 32, 100, widths=(8, 16, 32, 64), blocks=(2, 1, 1, 3))
+    assert [type(layer).__name__ for layer in deeper].count("Residual") == 7
+    assert deeper.output_shape((1, 3, 32, 32)) == (1, 100)
+    assert "7.shortcut.0.W" in deeper.params and "3.shortcut.0.W" not in deeper.params
+    assert models.resnet(1, 5, 10).forward(np.zeros((2, 1, 5, 5), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="one block count per stage width"):
+        models.resnet(widths=(16, 32), blocks=(1,))
+    with pytest.raises(ValueError, match="widths must be a positive int"):
+        models.resnet(widths=(16, 0), blocks=(1, 1))

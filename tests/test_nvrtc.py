@@ -35,18 +35,19 @@ def assert_clean(log, what):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", SOURCES)
 def test_compiles_to_ptx_with_every_kernel_entry(source, arch):
-    code = kernels.sources()[source].read_text()
+    code = kernels.source_code(source)
     ptx, log = _nvrtc.compile_ptx(code, cupy_options(f"compute_{arch}"), source)
     assert_clean(log, f"{source} for compute_{arch}")
     entries = set(re.findall(r"\.entry\s+(\w+)\s*\(", ptx))
     assert entries == expected_kernels(source)
     assert entries == set(emulator.parse_kernels(code)), "the emulator's parser must see the same kernels"
+    assert entries == set(emulator.parse_kernels(kernels.sources()[source].read_text())), "and in the file alone"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", SOURCES)
 def test_compiles_to_cubin_as_cupy_does_by_default(source, arch):
-    code = kernels.sources()[source].read_text()
+    code = kernels.source_code(source)
     _, log = _nvrtc.compile_ptx(code, cupy_options(f"sm_{arch}"), source)
     assert_clean(log, f"{source} for sm_{arch}")
 

@@ -249,7 +249,7 @@ def test_evaluate_matches_a_numpy_computation(data_dir, tmp_path):
     ("epochs", 0, "epochs must be a positive integer"), ("batch_size", -1, "batch-size"),
     ("lr", float("nan"), "lr must be a positive number"), ("on_nonfinite", "ignore", "on-nonfinite"),
     ("schedule", "linear", "unknown schedule"), ("optimizer", "lbfgs", "unknown optimizer"),
-    ("model", "resnet", "unknown model"), ("clip", 0, "clip"), ("limit_train", 0, "limit-train")])
+    ("model", "googlenet", "unknown model"), ("clip", 0, "clip"), ("limit_train", 0, "limit-train")])
 def test_bad_settings_are_refused_before_anything_runs(data_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
         run(config(data_dir, tmp_path / "r", **{field: value}))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import core
-from .twins import out_size
+from .twins import out_size, pad_pair
 
 OPTIONS = ("--std=c++17",)
 BLOCK = 256
@@ -76,11 +76,21 @@ def sources() -> dict[str, Path]:
     return _locate()[0]
 
 
-def _read_source(name: str) -> str:
+HEADER = "windows.cuh"   # what every source shares: the grid-stride loop and the window-tap walk
+
+
+def source_code(name: str) -> str:
+    """The code compiled for kernel source `name`: the shared header kernels/windows.cuh, then the file, its
+    line numbers kept (#line) so that compiler messages point into it. No include path is needed."""
     found = sources()
     if name not in found:
         raise FileNotFoundError(f"kernel source {name} not found (have {', '.join(found)})")
-    return found[name].read_text()
+    header = found[name].parent / HEADER
+    return f'#line 1 "{HEADER}"\n{header.read_text()}\n#line 1 "{name}"\n{found[name].read_text()}'
+
+
+def _read_source(name: str) -> str:
+    return source_code(name)
 
 
 # ------------------------------------------------------------------------------------------- modules
@@ -172,21 +182,24 @@ def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
     fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
 
 
-def _geometry(what, shape, kh, kw, sh, sw, ph, pw):
-    """(n, c, h, w, oh, ow) of an (N, C, H, W) `shape` under a window, after checking both; raises ValueError
-    naming the operation."""
+def _geometry(what, shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
+    """(n, c, h, w, top, left, oh, ow) of an (N, C, H, W) `shape` under a window (padding ph, pw an int or a
+    (before, after) pair; see twins), after checking both; raises ValueError naming the operation."""
     if len(shape) != 4:
         raise ValueError(f"{what}: expected an (N, C, H, W) shape, got {tuple(shape)}")
     n, c, h, w = (int(s) for s in shape)
-    if min(kh, kw, sh, sw) < 1 or min(ph, pw) < 0:
-        raise ValueError(f"{what}: kernel {kh}x{kw} and stride {sh}x{sw} must be >= 1 and padding "
-                         f"{ph}x{pw} >= 0")
-    oh, ow = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
+    (top, bottom), (left, right) = pad_pair(ph), pad_pair(pw)
+    if min(kh, kw, sh, sw, dh, dw) < 1 or min(top, left) < 0:
+        raise ValueError(f"{what}: kernel {kh}x{kw}, stride {sh}x{sw} and dilation {dh}x{dw} must be >= 1 and "
+                         f"leading padding {top}x{left} >= 0")
+    oh, ow = out_size(h, kh, sh, ph, dh, ceil_mode), out_size(w, kw, sw, pw, dw, ceil_mode)
     if oh < 1 or ow < 1:
-        raise ValueError(f"{what}: a {kh}x{kw} window with padding {ph}x{pw} does not fit a {h}x{w} input")
-    if max(h * w, oh * ow, h + 2 * ph, w + 2 * pw, kh * kw) > _INT32_MAX:
+        raise ValueError(f"{what}: a {kh}x{kw} window (dilation {dh}x{dw}) with padding {(top, bottom)}x"
+                         f"{(left, right)} does not fit a {h}x{w} input")
+    reach = max((oh - 1) * sh + (kh - 1) * dh, (ow - 1) * sw + (kw - 1) * dw) + 1
+    if max(h * w, oh * ow, h + top, w + left, reach, kh * kw) > _INT32_MAX:
         raise ValueError(f"{what}: a {h}x{w} image plane is too large for the kernels (int32 per-plane indices)")
-    return n, c, h, w, oh, ow
+    return n, c, h, w, top, left, oh, ow
 
 
 def _check_float(what, *arrays):
@@ -195,68 +208,84 @@ def _check_float(what, *arrays):
             raise TypeError(f"{what}: kernels take float32 or float64 arrays, got {a.dtype}")
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C); see twins.im2col.
+def _check_groups(what, c, groups):
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups:
+        raise ValueError(f"{what}: groups must be a positive divisor of the channel count {c}, got {groups!r}")
+    return int(groups)
+
+
+def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, *, launch=None):
+    """(N, C, H, W) -> contiguous columns (N, out_h, out_w, kh, kw, C), or (G, N, out_h, out_w, kh, kw, C/G)
+    for groups G > 1; see twins.im2col.
 
     The kernel reads x in place (NCHW) and writes the channels-last columns: no transpose on the device.
     """
     _check_float("im2col", x)
-    n, c, h, w, oh, ow = _geometry("im2col", x.shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, top, left, oh, ow = _geometry("im2col", x.shape, kh, kw, sh, sw, ph, pw, dh, dw)
+    g = _check_groups("im2col", c, groups)
     xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
-        col = xp.empty((n, oh, ow, kh, kw, c), dtype=x.dtype)
-        _run("im2col", x, col.size, (x,), (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), (col,), launch)
-    return col
+        col = xp.empty((g, n, oh, ow, kh, kw, c // g), dtype=x.dtype)
+        _run("im2col", x, col.size, (x,), (n, c, g, h, w, kh, kw, sh, sw, top, left, dh, dw, oh, ow), (col,),
+             launch)
+    return col[0] if g == 1 else col
 
 
-def col2im(col, x_shape, sh, sw, ph, pw, *, launch=None):
-    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) -> (N, C, H, W); see twins.col2im.
+def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1, *, launch=None):
+    """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) or (G, N, out_h, out_w, kh, kw, C/G) -> (N, C, H, W);
+    see twins.col2im.
 
     The kernel gathers each NCHW pixel from the channels-last columns: no transpose on the device.
     """
     _check_float("col2im", col)
-    if col.ndim != 6:
-        raise ValueError(f"col2im: expected columns (N, out_h, out_w, kh, kw, C), got shape {col.shape}")
-    kh, kw = int(col.shape[3]), int(col.shape[4])
-    n, c, h, w, oh, ow = _geometry("col2im", x_shape, kh, kw, sh, sw, ph, pw)
-    if tuple(col.shape) != (n, oh, ow, kh, kw, c):
+    if col.ndim not in (6, 7):
+        raise ValueError(f"col2im: expected columns (N, out_h, out_w, kh, kw, C) or (G, N, out_h, out_w, kh, kw, "
+                         f"C/G), got shape {col.shape}")
+    g = int(col.shape[0]) if col.ndim == 7 else 1
+    kh, kw = int(col.shape[-3]), int(col.shape[-2])
+    n, c, h, w, top, left, oh, ow = _geometry("col2im", x_shape, kh, kw, sh, sw, ph, pw, dh, dw)
+    expected = (n, oh, ow, kh, kw, c) if col.ndim == 6 else (g, n, oh, ow, kh, kw, c // max(g, 1))
+    if tuple(col.shape) != expected or c % g:
         raise ValueError(f"col2im: columns of shape {col.shape} do not match image {tuple(x_shape)} with "
-                         f"stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, oh, ow, kh, kw, c)})")
+                         f"stride {sh}x{sw}, padding {ph}x{pw}, dilation {dh}x{dw} (expected {expected})")
     xp = core.get_array_module(col)
     with _device_scope(col):
         col = xp.ascontiguousarray(col)
         x = xp.empty((n, c, h, w), dtype=col.dtype)
-        _run("col2im", col, x.size, (col,), (c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), (x,), launch)
+        _run("col2im", col, x.size, (col,), (n, c, g, h, w, kh, kw, sh, sw, top, left, dh, dw, oh, ow), (x,), launch)
     return x
 
 
-def maxpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Max over each window -> (y, argmax int32 offset i*kw+j); see twins.maxpool_forward."""
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False, *, launch=None):
+    """Max over each window -> (y, argmax int32 offset i*kw+j, -1 for a window without input); see
+    twins.maxpool_forward."""
     _check_float("maxpool_forward", x)
-    n, c, h, w, oh, ow = _geometry("maxpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, top, left, oh, ow = _geometry("maxpool_forward", x.shape, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
     xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
         y = xp.empty((n, c, oh, ow), dtype=x.dtype)
         argmax = xp.empty((n, c, oh, ow), dtype=np.int32)
-        _run("maxpool_forward", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow),
+        _run("maxpool_forward", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, top, left, dh, dw, oh, ow),
              (y, argmax), launch)
     return y, argmax
 
 
-def _check_pooled(what, dy, x_shape, kh, kw, sh, sw, ph, pw):
-    n, c, h, w, oh, ow = _geometry(what, x_shape, kh, kw, sh, sw, ph, pw)
+def _check_pooled(what, dy, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
+    n, c, h, w, top, left, oh, ow = _geometry(what, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
     if tuple(dy.shape) != (n, c, oh, ow):
         raise ValueError(f"{what}: gradient of shape {dy.shape} does not match input {tuple(x_shape)} pooled "
-                         f"{kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw} (expected {(n, c, oh, ow)})")
-    return n, c, h, w, oh, ow
+                         f"{kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw}, dilation {dh}x{dw}, ceil_mode "
+                         f"{ceil_mode} (expected {(n, c, oh, ow)})")
+    return n, c, h, w, top, left, oh, ow
 
 
-def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
+def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False, *, launch=None):
     """Gradient of maxpool_forward, gathered per input pixel; see twins.maxpool_backward."""
     _check_float("maxpool_backward", dy)
-    n, c, h, w, oh, ow = _check_pooled("maxpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, top, left, oh, ow = _check_pooled("maxpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw, dh, dw,
+                                                  ceil_mode)
     if tuple(argmax.shape) != tuple(dy.shape) or np.dtype(argmax.dtype) != np.int32:
         raise TypeError(f"maxpool_backward: argmax must be int32 of shape {dy.shape} (from maxpool_forward), "
                         f"got {argmax.dtype} of shape {argmax.shape}")
@@ -264,30 +293,34 @@ def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None
     with _device_scope(dy):
         dy, argmax = xp.ascontiguousarray(dy), xp.ascontiguousarray(argmax)
         dx = xp.empty((n, c, h, w), dtype=dy.dtype)
-        _run("maxpool_backward", dy, n * c * h * w, (dy, argmax), (h, w, kh, kw, sh, sw, ph, pw, oh, ow),
-             (dx,), launch)
+        _run("maxpool_backward", dy, n * c * h * w, (dy, argmax),
+             (h, w, kh, kw, sh, sw, top, left, dh, dw, oh, ow), (dx,), launch)
     return dx
 
 
-def avgpool_forward(x, kh, kw, sh, sw, ph, pw, *, launch=None):
-    """Mean over each window, padding counted as zeros; see twins.avgpool_forward."""
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, *, launch=None):
+    """Mean over each window (divisor per twins.avgpool_divisors); see twins.avgpool_forward."""
     _check_float("avgpool_forward", x)
-    n, c, h, w, oh, ow = _geometry("avgpool_forward", x.shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, top, left, oh, ow = _geometry("avgpool_forward", x.shape, kh, kw, sh, sw, ph, pw,
+                                              ceil_mode=ceil_mode)
     xp = core.get_array_module(x)
     with _device_scope(x):
         x = xp.ascontiguousarray(x)
         y = xp.empty((n, c, oh, ow), dtype=x.dtype)
-        _run("avgpool_forward", x, n * c * oh * ow, (x,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (y,), launch)
+        _run("avgpool_forward", x, n * c * oh * ow, (x,),
+             (h, w, kh, kw, sh, sw, top, left, oh, ow, int(bool(count_include_pad))), (y,), launch)
     return y
 
 
-def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, *, launch=None):
+def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True, *, launch=None):
     """Gradient of avgpool_forward, gathered per input pixel; see twins.avgpool_backward."""
     _check_float("avgpool_backward", dy)
-    n, c, h, w, oh, ow = _check_pooled("avgpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw)
+    n, c, h, w, top, left, oh, ow = _check_pooled("avgpool_backward", dy, x_shape, kh, kw, sh, sw, ph, pw,
+                                                  ceil_mode=ceil_mode)
     xp = core.get_array_module(dy)
     with _device_scope(dy):
         dy = xp.ascontiguousarray(dy)
         dx = xp.empty((n, c, h, w), dtype=dy.dtype)
-        _run("avgpool_backward", dy, n * c * h * w, (dy,), (h, w, kh, kw, sh, sw, ph, pw, oh, ow), (dx,), launch)
+        _run("avgpool_backward", dy, n * c * h * w, (dy,),
+             (h, w, kh, kw, sh, sw, top, left, oh, ow, int(bool(count_include_pad))), (dx,), launch)
     return dx

@@ -1,60 +1,62 @@
 """The array operations behind the conv and pooling layers, on any device: the custom CUDA kernel
 (:mod:`.kernels`) for a GPU array (real or emulated), its numpy twin (:mod:`.twins`) for a host array.
 
-The column layout is channels-last ``(N, out_h, out_w, kh, kw, C)`` on both devices: seen as 2-D
-``(N*out_h*out_w, kh*kw*C)`` it makes the forward, weight-gradient and column-gradient products one plain GEMM
-each over all samples. Arguments and results are documented on the twins.
+The column layout is channels-last and group-major, ``(G, N, out_h, out_w, kh, kw, C/G)`` (no G axis for
+groups == 1), on both devices: seen as ``(G, N*out_h*out_w, kh*kw*C/G)`` it makes the forward, weight-gradient
+and column-gradient products one batched GEMM each over all samples and groups. Window arguments (padding
+pairs, dilation, ceil_mode), arguments and results are documented on the twins.
 """
 from __future__ import annotations
 
 from . import kernels, twins
 from .core import is_gpu_array
-from .twins import out_size
+from .twins import out_size, pad_pair
 
-__all__ = ["out_size", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
+__all__ = ["out_size", "pad_pair", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
            "avgpool_backward", "copy_blocked"]
 
 
-def im2col(x, kh, kw, sh, sw, ph, pw, scratch=None):
-    """(N, C, H, W) -> columns (N, out_h, out_w, kh, kw, C); see twins.im2col (`scratch` is used on the CPU only)."""
+def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, scratch=None):
+    """(N, C, H, W) -> columns (N, out_h, out_w, kh, kw, C), or (G, N, out_h, out_w, kh, kw, C/G) for groups
+    G > 1; see twins.im2col (`scratch` is used on the CPU only)."""
     if is_gpu_array(x):
-        return kernels.im2col(x, kh, kw, sh, sw, ph, pw)
-    return twins.im2col(x, kh, kw, sh, sw, ph, pw, scratch)
+        return kernels.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, groups)
+    return twins.im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, groups, scratch)
 
 
-def col2im(col, x_shape, sh, sw, ph, pw):
+def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1):
     """Adjoint of im2col; see twins.col2im."""
     if is_gpu_array(col):
-        return kernels.col2im(col, x_shape, sh, sw, ph, pw)
-    return twins.col2im(col, x_shape, sh, sw, ph, pw)
+        return kernels.col2im(col, x_shape, sh, sw, ph, pw, dh, dw)
+    return twins.col2im(col, x_shape, sh, sw, ph, pw, dh, dw)
 
 
-def maxpool_forward(x, kh, kw, sh, sw, ph, pw):
+def maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
     """Max over each window -> (y, int32 argmax); see twins.maxpool_forward."""
     if is_gpu_array(x):
-        return kernels.maxpool_forward(x, kh, kw, sh, sw, ph, pw)
-    return twins.maxpool_forward(x, kh, kw, sh, sw, ph, pw)
+        return kernels.maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    return twins.maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
 
 
-def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw):
+def maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
     """Gradient of maxpool_forward; see twins.maxpool_backward."""
     if is_gpu_array(dy):
-        return kernels.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw)
-    return twins.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw)
+        return kernels.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    return twins.maxpool_backward(dy, argmax, x_shape, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
 
 
-def avgpool_forward(x, kh, kw, sh, sw, ph, pw):
+def avgpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
     """Mean over each window; see twins.avgpool_forward."""
     if is_gpu_array(x):
-        return kernels.avgpool_forward(x, kh, kw, sh, sw, ph, pw)
-    return twins.avgpool_forward(x, kh, kw, sh, sw, ph, pw)
+        return kernels.avgpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode, count_include_pad)
+    return twins.avgpool_forward(x, kh, kw, sh, sw, ph, pw, ceil_mode, count_include_pad)
 
 
-def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw):
+def avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, ceil_mode=False, count_include_pad=True):
     """Gradient of avgpool_forward; see twins.avgpool_backward."""
     if is_gpu_array(dy):
-        return kernels.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw)
-    return twins.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw)
+        return kernels.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, ceil_mode, count_include_pad)
+    return twins.avgpool_backward(dy, x_shape, kh, kw, sh, sw, ph, pw, ceil_mode, count_include_pad)
 
 
 def copy_blocked(out, src):

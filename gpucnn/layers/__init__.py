@@ -7,14 +7,15 @@ One module per family, as ``torch.nn.modules``: :mod:`.base` (Layer), :mod:`.con
 from . import init
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer
-from .containers import Container, Sequential
-from .conv import Conv2D, get_workspace_limit, set_workspace_limit
+from .containers import Concat, Container, Residual, Sequential
+from .conv import Conv2D, ConvTranspose2D, get_workspace_limit, set_workspace_limit
 from .dropout import Dropout
 from .linear import Affine, Flatten
 from .loss import SoftmaxCrossEntropy
 from .normalization import LRN, BatchNorm1D, BatchNorm2D
-from .pooling import AvgPool2D, MaxPool2D
+from .pooling import AdaptiveAvgPool2D, AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
-__all__ = ["Layer", "Container", "Sequential", "Conv2D", "MaxPool2D", "AvgPool2D", "Affine", "ReLU", "LeakyReLU",
-           "Sigmoid", "Tanh", "Flatten", "Dropout", "BatchNorm1D", "BatchNorm2D", "LRN", "SoftmaxCrossEntropy",
-           "set_workspace_limit", "get_workspace_limit"]
+__all__ = ["Layer", "Container", "Sequential", "Residual", "Concat", "Conv2D", "ConvTranspose2D", "MaxPool2D",
+           "AvgPool2D", "GlobalAvgPool2D", "AdaptiveAvgPool2D", "Affine", "ReLU", "LeakyReLU", "Sigmoid", "Tanh",
+           "Flatten", "Dropout", "BatchNorm1D", "BatchNorm2D", "LRN", "SoftmaxCrossEntropy", "set_workspace_limit",
+           "get_workspace_limit"]

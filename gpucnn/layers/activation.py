@@ -21,14 +21,15 @@ class _Elementwise(Layer):
 
 
 class ReLU(_Elementwise):
-    """max(x, 0); gradient 0 at x == 0 (as PyTorch)."""
+    """max(x, 0); the gradient is dout where the output is positive (or NaN) and exactly 0 elsewhere, also for
+    an infinite or NaN dout (a selection, not a multiplication by a 0/1 mask), as PyTorch's threshold_backward."""
 
     def _forward(self, xp, x):
         y = xp.maximum(x, 0)
         return y, y
 
     def _backward(self, xp, dout, y):
-        return dout * (y > 0)
+        return xp.where(y <= 0, dout.dtype.type(0), dout)
 
 
 class LeakyReLU(_Elementwise):

@@ -264,11 +264,16 @@ class Layer:
         if len(shape) != ndim:
             raise ValueError(f"{self!r}: expected a {ndim}-D input {layout}, got shape {tuple(shape)}")
 
-    def _window_out(self, shape, kernel, stride, padding):
-        """(out_h, out_w) of a sliding window over the last two dims, refusing inputs smaller than it."""
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    def _window_out(self, shape, kernel, stride, padding, dilation=(1, 1), ceil_mode=False):
+        """(out_h, out_w) of a sliding window over the last two dims (padding per axis an int or a (before,
+        after) pair; see gpucnn.devices.twins.out_size), refusing inputs the window does not fit."""
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = kernel, stride, dilation, padding
         h, w = shape[2], shape[3]
-        if h + 2 * ph < kh or w + 2 * pw < kw:
-            raise ValueError(f"{self!r}: expected an input at least as large as the kernel {kh}x{kw} after "
-                             f"padding {ph},{pw}, got shape {tuple(shape)} ({h}x{w})")
-        return ops.out_size(h, kh, sh, ph), ops.out_size(w, kw, sw, pw)
+        oh, ow = ops.out_size(h, kh, sh, ph, dh, ceil_mode), ops.out_size(w, kw, sw, pw, dw, ceil_mode)
+        if oh < 1 or ow < 1:
+            dilated = f" (dilation {dh}x{dw}: {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1})" if (dh, dw) != (1, 1) else ""
+            pads = ",".join(str(p) if isinstance(p, numbers.Integral) else str(p[0]) if p[0] == p[1] else
+                            f"({p[0]}, {p[1]})" for p in (ph, pw))
+            raise ValueError(f"{self!r}: expected an input at least as large as the kernel {kh}x{kw}{dilated} after "
+                             f"padding {pads}, got shape {tuple(shape)} ({h}x{w})")
+        return oh, ow

@@ -6,7 +6,10 @@ from .base import Layer, _float_arg
 
 
 class Dropout(Layer):
-    """Inverted dropout: in training zero each value with probability p and scale the rest by 1/(1-p)."""
+    """Inverted dropout: in training zero each value with probability p and scale the rest by 1/(1-p).
+
+    A dropped value is 0 and its gradient is 0 whatever it held, inf and NaN included: the mask selects, it
+    does not multiply (PyTorch multiplies, so a dropped inf gives NaN there)."""
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -16,18 +19,21 @@ class Dropout(Layer):
         return f"Dropout(p={self.p})"
 
     def forward(self, x, train=None):
-        self._begin(x)
+        xp = self._begin(x)
         train = self._mode(train)
-        mask = None
+        keep = None
         if train and self.p > 0:
-            mask = (random_uniform(x.shape, like=x) >= self.p).astype(x.dtype)
-            mask *= 1 / (1 - self.p)
-            x = x * mask
-        return self._save((mask,), x)
+            keep = random_uniform(x.shape, like=x) >= self.p
+            x = self._kept(xp, x, keep)
+        return self._save((keep,), x)
+
+    def _kept(self, xp, a, keep):
+        """a / (1 - p) where kept, exactly 0 where dropped."""
+        return xp.where(keep, a * a.dtype.type(1 / (1 - self.p)), a.dtype.type(0))
 
     def backward(self, dout):
-        mask, = self._saved(dout)
-        self._xp(dout, mask)
+        keep, = self._saved(dout)
+        xp = self._xp(dout, keep)
         if not self.need_input_grad:
             return None
-        return dout if mask is None else dout * mask
+        return dout if keep is None else self._kept(xp, dout, keep)

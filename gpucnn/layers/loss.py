@@ -1,28 +1,70 @@
-"""Softmax cross-entropy loss."""
+"""Softmax cross-entropy loss, with PyTorch's ignore_index, label smoothing, class weights and reductions."""
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
-from ..devices import DeviceMismatchError, device_of, get_array_module
+from ..devices import DeviceMismatchError, device_of, get_array_module, to_cpu, to_device
 from .base import Layer
+
+REDUCTIONS = ("mean", "sum", "none")
 
 
 class SoftmaxCrossEntropy(Layer):
-    """Mean cross-entropy of softmax(logits) against integer class labels (numerically stable log-softmax).
+    """Cross-entropy of softmax(logits) against integer class labels, exactly as
+    ``torch.nn.functional.cross_entropy(logits, labels, weight, ignore_index=, reduction=, label_smoothing=)``.
 
-    Labels outside [0, classes) raise ValueError for host (numpy) arrays. On a GPU that check would need a
-    device-to-host sync every step, so there such labels make the loss and its gradient NaN instead, which
-    the trainer's non-finite check stops on (its datasets' labels are checked when they are read).
+    For logits (N, K) and labels (N,) with class weights w (all 1 without ``weight``) and smoothing e:
+
+        loss_n = (1 - e) * w[y_n] * -log p[n, y_n] + (e / K) * sum_c w[c] * -log p[n, c]
+
+    and 0 for samples whose label is ``ignore_index``. ``reduction='mean'`` divides the sum over samples by the
+    sum of w[y_n] over the samples not ignored (their count without weights; NaN if all are ignored, as in
+    PyTorch), ``'sum'`` returns the sum, ``'none'`` the (N,) losses. log p is a log-softmax shifted by the row
+    maximum and the label's term is gathered, never multiplied by a one-hot mask, so the loss is finite for
+    any finite or -inf logits wherever its true value is (for example 1.3132617 for [[0, -inf, 1]] and label
+    0; 0 for float32 [[3e38, -3e38]] and label 0); a class with weight 0 adds nothing even at -inf.
+
+    Labels outside [0, classes) other than ignore_index raise ValueError for host (numpy) arrays. On a GPU
+    that check would need a device-to-host sync every step, so there such labels make the loss and its
+    gradient NaN instead, which the trainer's non-finite check stops on. ``weight``: K non-negative finite
+    numbers (ValueError otherwise), used in the logits' dtype and device.
     """
 
+    def __init__(self, ignore_index=-100, label_smoothing=0.0, weight=None, reduction="mean"):
+        super().__init__()
+        name = "SoftmaxCrossEntropy"
+        if not isinstance(ignore_index, numbers.Integral) or isinstance(ignore_index, bool):
+            raise ValueError(f"{name}: ignore_index must be an int, got {ignore_index!r}")
+        ok = isinstance(label_smoothing, numbers.Real) and not isinstance(label_smoothing, bool) and \
+            0.0 <= label_smoothing <= 1.0
+        if not ok:
+            raise ValueError(f"{name}: label_smoothing must be in [0.0, 1.0], got {label_smoothing!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{name}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+        if weight is not None:
+            w = np.asarray(to_cpu(weight), dtype=np.float64)
+            if w.ndim != 1 or w.size < 1 or not np.all(np.isfinite(w)) or (w < 0).any():
+                raise ValueError(f"{name}: weight must be a 1-D array of non-negative finite class weights, got "
+                                 f"{weight!r}")
+            weight = w
+        self.ignore_index, self.label_smoothing = int(ignore_index), float(label_smoothing)
+        self.weight, self.reduction = weight, reduction
+        self._weights = {}
+
     def __repr__(self):
-        return "SoftmaxCrossEntropy()"
+        parts = [f"ignore_index={self.ignore_index}"] if self.ignore_index != -100 else []
+        parts += [f"label_smoothing={self.label_smoothing}"] if self.label_smoothing else []
+        parts += ["weight=[...]"] if self.weight is not None else []
+        parts += [f"reduction={self.reduction!r}"] if self.reduction != "mean" else []
+        return f"SoftmaxCrossEntropy({', '.join(parts)})"
 
     def __call__(self, logits, labels):
         return self.forward(logits, labels)
 
-    def forward(self, logits, labels):
-        """Mean loss, a 0-d array on the logits' device."""
+    def _check(self, logits, labels):
+        """xp after checking types, shapes, and (on the host) the label range."""
         for name, a in (("logits", logits), ("labels", labels)):
             if not (hasattr(a, "shape") and hasattr(a, "dtype")):
                 raise TypeError(f"{self!r}: expected {name} as an array, got {type(a).__name__}")
@@ -41,22 +83,84 @@ class SoftmaxCrossEntropy(Layer):
         if tuple(labels.shape) != (n,):
             raise ValueError(f"{self!r}: expected labels of shape ({n},) for logits {tuple(logits.shape)}, "
                              f"got shape {tuple(labels.shape)}")
+        if self.weight is not None and self.weight.size != k:
+            raise ValueError(f"{self!r}: expected {k} class weights for {k} classes, got {self.weight.size}")
         if xp is np:
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= k:
-                raise ValueError(f"{self!r}: expected labels in [0, {k}) for {k} classes, "
-                                 f"got values in [{lo}, {hi}]")
-        z = logits - logits.max(axis=1, keepdims=True)
-        logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-        onehot = (xp.arange(k)[None, :] == labels[:, None]).astype(logits.dtype)
-        if xp is not np:   # a row without its class has a label outside [0, k): poison it, with no sync
-            onehot[:, :1] += xp.where(onehot.sum(axis=1, keepdims=True) == 0, logits.dtype.type(np.nan), 0)
-        self._cache = (xp.exp(logp), onehot)
-        return xp.asarray((onehot * logp).sum() * logits.dtype.type(-1 / n))
+            kept = labels[labels.astype(np.int64) != self.ignore_index]
+            if kept.size and (int(kept.min()) < 0 or int(kept.max()) >= k):
+                raise ValueError(f"{self!r}: expected labels in [0, {k}) for {k} classes"
+                                 f"{'' if self.ignore_index in range(k) else f' (or {self.ignore_index}, ignored)'}, "
+                                 f"got values in [{int(kept.min())}, {int(kept.max())}]")
+        return xp
+
+    def _class_weights(self, logits):
+        """The weights as an array in the logits' dtype and on their device (moved once per device)."""
+        key = (device_of(logits), np.dtype(logits.dtype))
+        if key not in self._weights:
+            self._weights[key] = to_device(self.weight.astype(key[1]), key[0])
+        return self._weights[key]
+
+    def forward(self, logits, labels):
+        """The loss: a 0-d array on the logits' device, or (N,) with reduction='none'."""
+        xp = self._check(logits, labels)
+        n, k = logits.shape
+        dt = logits.dtype.type
+        eps = self.label_smoothing
+        labels = labels.astype(xp.int64)
+        ignored = labels == self.ignore_index
+        valid = ignored | ((labels >= 0) & (labels < k))
+        safe = xp.where(valid & ~ignored, labels, 0)           # gather indices that exist on every device
+        w = self._class_weights(logits) if self.weight is not None else None
+        wy = xp.where(ignored, dt(0), w[safe] if w is not None else dt(1))                 # w[y_n], 0 if ignored
+        smooth_w = None
+        # logits - max may overflow to -inf, and 0 * inf products are computed before where() drops them:
+        # both are right here, so numpy is not asked to warn about them.
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = logits - logits.max(axis=1, keepdims=True)
+            logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
+            picked = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]              # -log p[n, y_n]
+            losses = xp.where(wy == 0, dt(0), wy * picked)       # 0, not 0 * inf, when w[y_n] is 0
+            if eps > 0:   # (e/K) sum_c w[c] * -log p[n, c], a class of weight 0 adding nothing even at -inf
+                terms = -logp if w is None else xp.where(w == 0, dt(0), -logp * w)
+                smooth = xp.where(ignored, dt(0), terms.sum(axis=1))
+                nll = dt(1 - eps) * losses if eps < 1 else dt(0)   # no 0 * inf at eps == 1
+                losses = nll + dt(eps / k) * smooth
+                smooth_w = xp.where(ignored, dt(0), dt(k) if w is None else w.sum())
+        # A label outside [0, k) that is not ignored poisons its sample (no sync to raise on a device).
+        losses = xp.where(valid, losses, dt(np.nan))
+        denom = wy.sum() if self.reduction == "mean" else None
+        self._cache = (xp.exp(logp), safe, wy, smooth_w, valid, ignored, denom, n)
+        if self.reduction == "none":
+            return losses
+        total = losses.sum()
+        if denom is None:
+            return xp.asarray(total)
+        with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as in PyTorch
+            return xp.asarray(total / denom)
 
     def backward(self, dout=1.0):
-        """d(loss)/d(logits) = (softmax - onehot) * dout / N."""
+        """d(loss)/d(logits), (N, K): per sample (1-e)*w[y]*(p - onehot) + (e/K)*(p*sum(w) - w), divided by the
+        mean's denominator and times dout (a scalar, or (N,) with reduction='none'); 0 for ignored samples."""
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        p, onehot = self._cache
-        return (p - onehot) * (dout / p.shape[0])
+        p, safe, wy, smooth_w, valid, ignored, denom, n = self._cache
+        xp = get_array_module(p, wy)
+        dt = p.dtype.type
+        k = p.shape[1]
+        eps = self.label_smoothing
+        coef = wy if eps == 0 else dt(1 - eps) * wy                        # (N,)
+        onehot = xp.arange(k)[None, :] == safe[:, None]
+        grad = p * coef[:, None] - xp.where(onehot, coef[:, None], dt(0))
+        if eps > 0:
+            w = self._class_weights(p) if self.weight is not None else dt(1)
+            grad += dt(eps / k) * (p * smooth_w[:, None] - xp.where(smooth_w[:, None] == 0, dt(0), w))
+        grad = xp.where(valid[:, None], grad, dt(np.nan))
+        if self.reduction == "mean":
+            with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as the loss
+                dout = dout / denom
+        if getattr(dout, "ndim", 0) == 1:        # reduction='none': one dout per sample
+            if tuple(dout.shape) != (n,):
+                raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
+            dout = dout[:, None]
+        with np.errstate(invalid="ignore"):   # ignored samples' gradient is 0, also when every sample is
+            return xp.where(ignored[:, None], dt(0), grad * dout)
