@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 import pytest
 
-from _interop_nets import SEEDS, ZOO, assert_close, random_model, randomize
+from _interop_nets import RANDOM_LAYERS, SEEDS, ZOO, assert_close, random_layer, random_model, randomize
 from gpucnn import layers as L
 from gpucnn import models
 from gpucnn.interop import (DEFAULT_OPSET, MissingDependencyError, UnsupportedLayerError, export_onnx, onnx_session,
@@ -42,6 +42,26 @@ def test_zoo_models_run_in_onnxruntime_as_in_gpucnn(name, tmp_path):
 def test_random_models_run_in_onnxruntime_as_in_gpucnn(seed, tmp_path):
     model, shape = random_model(seed)
     check(model, shape, tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(RANDOM_LAYERS, key=lambda k: k.__name__), ids=lambda k: k.__name__)
+def test_each_layer_type_alone_in_many_configurations(kind, tmp_path):
+    """Twelve random instances of each layer type (padding forms, groups, dilation, ceil mode, count_include_pad,
+    adaptive sizes that do not divide the input, ...) in onnxruntime."""
+    for seed in range(12):
+        model, shape = random_layer(kind, seed)
+        try:
+            check(model, shape, tmp_path)
+        except AssertionError as e:
+            raise AssertionError(f"seed {seed}, input {shape}: {model[0]!r}: {e}") from None
+
+
+def test_a_dilated_max_window_over_padding_only_gives_minus_inf(tmp_path):
+    model = L.Sequential(L.MaxPool2D(2, stride=1, padding=1, dilation=2))
+    x = np.full((1, 1, 1, 1), 5.0, np.float32)
+    path = export_onnx(model, tmp_path / "m.onnx", x.shape)
+    np.testing.assert_array_equal(run_onnx(path, x), model.forward(x, train=False))
+    assert np.isneginf(run_onnx(path, x)).all()
 
 
 @pytest.mark.parametrize("size", range(1, 9))
@@ -93,8 +113,8 @@ def test_refusals_name_the_layer_and_the_problem(tmp_path):
     with pytest.raises(UnsupportedLayerError, match=r"layer 2\.0 \(Custom\(\)\): .*no mapping for layer type Custom"):
         to_onnx(L.Sequential(L.ReLU(), L.Tanh(), L.Sequential(Custom())), (2, 4))
     pool = L.MaxPool2D(2)
-    pool.ceil_mode = True   # an option the table's entry does not read: refused, not exported as floor mode
-    with pytest.raises(UnsupportedLayerError, match=r"layer 0 \(MaxPool2D.*option\(s\) ceil_mode"):
+    pool.return_indices = True   # an option the table's entry does not read: refused, not exported without it
+    with pytest.raises(UnsupportedLayerError, match=r"layer 0 \(MaxPool2D.*option\(s\) return_indices"):
         to_onnx(L.Sequential(pool), (1, 1, 4, 4))
     with pytest.raises(ValueError, match=r"Affine\(4, 3\): expected input \(N, 4\)"):
         to_onnx(L.Affine(4, 3), (2, 5))

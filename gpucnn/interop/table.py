@@ -9,22 +9,28 @@ attribute its entry does not read (an option added to the layer after its entry 
 PyTorch correspondence (names and layouts of ``torch.nn``; the twin is what :func:`gpucnn.interop.torch_twin`
 builds):
 
-============================  ==============================  ===========================================
-gpucnn                        PyTorch twin                    parameters (gpucnn -> PyTorch)
-============================  ==============================  ===========================================
-Conv2D                        nn.Conv2d                       W (out, in, kh, kw) -> weight, same layout; b -> bias
-Affine                        FlattenLinear (nn.Linear on     W (in, out) -> weight (out, in), transposed; b -> bias
-                              x.flatten(1))
-MaxPool2D, AvgPool2D          nn.MaxPool2d, nn.AvgPool2d
-ReLU, LeakyReLU, Sigmoid,     nn.ReLU, nn.LeakyReLU,
-Tanh, Flatten, Dropout        nn.Sigmoid, nn.Tanh,
-                              nn.Flatten, nn.Dropout
-BatchNorm1D, BatchNorm2D      nn.BatchNorm1d, nn.BatchNorm2d  gamma -> weight, beta -> bias, running_mean,
-                                                              running_var; num_batches_tracked (PyTorch only)
-LRN                           nn.LocalResponseNorm
-SoftmaxCrossEntropy           nn.CrossEntropyLoss             (a loss: no parameters, no ONNX)
-Sequential                    nn.Sequential                   children keep their index: "3.0.W" -> "3.0.weight"
-============================  ==============================  ===========================================
+========================  ===================================  ================================================
+gpucnn                    PyTorch twin                         parameters (gpucnn -> PyTorch)
+========================  ===================================  ================================================
+Conv2D                    nn.Conv2d (PaddedConv2d: F.pad, then W (out, in/groups, kh, kw) -> weight, same
+                          nn.Conv2d, for unequal padding)      layout; b -> bias
+ConvTranspose2D           nn.ConvTranspose2d                   W (in, out/groups, kh, kw) -> weight, same
+                                                               layout; b -> bias
+Affine                    FlattenLinear (nn.Linear on          W (in, out) -> weight (out, in), transposed;
+                          x.flatten(1))                        b -> bias
+BatchNorm1D, BatchNorm2D  nn.BatchNorm1d, nn.BatchNorm2d       gamma -> weight, beta -> bias, running_mean,
+                                                               running_var; num_batches_tracked (PyTorch only)
+MaxPool2D, AvgPool2D,     nn.MaxPool2d, nn.AvgPool2d,          none
+GlobalAvgPool2D,          nn.AdaptiveAvgPool2d(1),
+AdaptiveAvgPool2D, LRN,   nn.AdaptiveAvgPool2d, nn.LocalResponseNorm,
+ReLU, LeakyReLU, Sigmoid, their nn namesakes
+Tanh, Flatten, Dropout
+SoftmaxCrossEntropy       nn.CrossEntropyLoss                  (a loss: class weights a constructor argument,
+                                                               no ONNX)
+Sequential                nn.Sequential                        children keep their names: "3.0.W" -> "3.0.weight"
+Residual, Concat          Residual, Concat (modules of         children "0", "1", ... and "shortcut":
+                          gpucnn.interop._torch_modules)       "3.shortcut.0.W" -> "3.shortcut.0.weight"
+========================  ===================================  ================================================
 
 ``num_batches_tracked``: gpucnn does not count batches. PyTorch reads the count only when a BatchNorm's momentum
 is None (a cumulative average), which a gpucnn BatchNorm never has, so it changes no output: 0 is written, and
@@ -39,6 +45,8 @@ from typing import Callable
 import numpy as np
 
 from .. import layers as L
+from ..devices import to_cpu
+from ..layers.pooling import _averaging_matrix
 
 
 class UnsupportedLayerError(ValueError):
@@ -97,16 +105,69 @@ def _pads(padding):
 
 
 def _onnx_conv(layer, g, x, shape):
+    top, bottom, left, right = layer.pads
     inputs = [x, g.param("W")] + ([g.param("b")] if "b" in layer.params else [])
     return g.node("Conv", inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                  pads=_pads(layer.padding), dilations=[1, 1], group=1)
+                  pads=[top, left, bottom, right], dilations=list(layer.dilation), group=layer.groups)
 
 
-def _onnx_pool(op, **extra):
-    def emit(layer, g, x, shape):
-        return g.node(op, [x], kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                      pads=_pads(layer.padding), ceil_mode=0, **extra)
-    return emit
+def _onnx_conv_transpose(layer, g, x, shape):
+    """output_padding is exported as that much less cropping at the end of the full transposed convolution
+    (onnxruntime refuses an output_padding >= stride, which PyTorch allows below the dilation); rows past the
+    full output (output_padding > padding) are zeros, then the bias, as in PyTorch."""
+    (ph, pw), (oph, opw) = layer.padding, layer.output_padding
+    past = (max(0, oph - ph), max(0, opw - pw))
+    bias_after = any(past) and "b" in layer.params
+    inputs = [x, g.param("W")] + ([g.param("b")] if "b" in layer.params and not bias_after else [])
+    y = g.node("ConvTranspose", inputs, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+               pads=[ph, pw, max(0, ph - oph), max(0, pw - opw)], dilations=list(layer.dilation),
+               group=layer.groups)
+    if any(past):
+        y = g.node("Pad", [y, g.constant(np.array([0, 0, 0, 0, 0, 0, *past], np.int64), "output_pads")])
+    if bias_after:
+        y = g.node("Add", [y, g.constant(to_cpu(layer.params["b"]).reshape(-1, 1, 1), "b")])
+    return y
+
+
+def _ceil_extra(layer, shape):
+    """Rows and columns past the end padding that floor-mode windows need to give the layer's output size:
+    nonzero only with ceil_mode, whose last windows run past the padded input. Exported as explicit padding
+    rather than ONNX's ceil_mode, so the output size is gpucnn's (PyTorch's rule) whatever the runtime's."""
+    _, _, oh, ow = layer.output_shape(shape)
+    return [max(0, (o - 1) * s + d * (k - 1) + 1 - (size + 2 * p)) for o, s, d, k, size, p in
+            zip((oh, ow), layer.stride, layer.dilation, layer.kernel_size, shape[2:], layer.padding)]
+
+
+def _onnx_maxpool(layer, g, x, shape):
+    """The padding (and ceil_mode's end) as -inf by a Pad node: -inf never wins a max, as padding never does in
+    gpucnn, and a dilated window that reads no input gives -inf as in gpucnn (onnxruntime's own padding gives
+    -3.4e38 there)."""
+    (ph, pw), (eh, ew) = layer.padding, _ceil_extra(layer, shape)
+    if ph or pw or eh or ew:
+        x = g.node("Pad", [x, g.constant(np.array([0, 0, ph, pw, 0, 0, ph + eh, pw + ew], np.int64), "pads"),
+                           g.constant(np.array(-np.inf, g.dtype), "minus_inf")])
+    return g.node("MaxPool", [x], kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                  dilations=list(layer.dilation))
+
+
+def _onnx_avgpool(layer, g, x, shape):
+    """PyTorch's divisor: the window clipped to the padded input (count_include_pad) or to the input. The
+    padding that counts is made real by a Pad node, so the pool itself always averages exclusively."""
+    (ph, pw), (eh, ew) = layer.padding, _ceil_extra(layer, shape)
+    if layer.count_include_pad and (ph or pw):
+        x = g.node("Pad", [x, g.constant(np.array([0, 0, ph, pw, 0, 0, ph, pw], np.int64), "pads")])
+        ph = pw = 0
+    return g.node("AveragePool", [x], kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+                  pads=[ph, pw, ph + eh, pw + ew], count_include_pad=0)
+
+
+def _onnx_adaptive_avgpool(layer, g, x, shape):
+    """A_h @ x @ A_w^T with the averaging matrices of PyTorch's adaptive windows, as the layer computes it
+    (ONNX has no adaptive pooling)."""
+    _, _, oh, ow = layer.output_shape(shape)
+    rows = g.constant(_averaging_matrix(shape[2], oh, g.dtype), "rows")
+    columns = g.constant(np.ascontiguousarray(_averaging_matrix(shape[3], ow, g.dtype).T), "columns")
+    return g.node("MatMul", [g.node("MatMul", [rows, x]), columns])
 
 
 def _onnx_affine(layer, g, x, shape):
@@ -138,10 +199,20 @@ def _onnx_lrn(layer, g, x, shape):
     return g.node("Mul", [x, g.node("Pow", [d, g.constant(np.array(-layer.beta, g.dtype), "minus_beta")])])
 
 
-def _onnx_sequential(layer, g, x, shape):
-    for ours, _, child in _indexed(layer):
-        x, shape = g.emit(child, x, shape, ours)
+def _onnx_chain(layers, g, x, shape):
+    for i, child in enumerate(layers):
+        x, shape = g.emit(child, x, shape, f"{i}.")
     return x
+
+
+def _onnx_residual(layer, g, x, shape):
+    side = x if layer.shortcut is None else g.emit(layer.shortcut, x, shape, "shortcut.")[0]
+    return g.node("Add", [_onnx_chain(layer.layers, g, x, shape), side])
+
+
+def _onnx_concat(layer, g, x, shape):
+    return g.node("Concat", [g.emit(branch, x, shape, f"{i}.")[0] for i, branch in enumerate(layer.layers)],
+                  axis=layer.axis)
 
 
 def _op(name, **attrs):
@@ -152,30 +223,55 @@ def _identity(layer, g, x, shape):
     return x
 
 
-def _indexed(layer):
-    return [(f"{i}.", f"{i}.", child) for i, child in enumerate(layer.layers)]
+def _named(layer):
+    """A container's children under their gpucnn names ("0", "1", ..., "shortcut"), which the twins keep."""
+    return [(f"{name}.", f"{name}.", child) for name, child in layer.named_children()]
+
+
+# ---------------------------------------------------------------------------------------- PyTorch parts
+
+def _torch_conv(layer, t, children):
+    top, bottom, left, right = layer.pads
+    options = dict(stride=layer.stride, dilation=layer.dilation, groups=layer.groups, bias="b" in layer.params)
+    if (top, left) == (bottom, right):
+        return t.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=(top, left), **options)
+    return t.PaddedConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, pads=layer.pads, **options)
+
+
+def _torch_residual(layer, t, children):
+    n = len(layer.layers)
+    return t.Residual(children[:n], children[n] if layer.shortcut is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------- table
 
-_CONV_READS = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "padding"})
-_POOL_READS = frozenset({"kernel_size", "stride", "padding"})
+_WEIGHTS = (Tensor("W", "weight"), Tensor("b", "bias"))
+_CONV_READS = frozenset({"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"})
+_POOL_READS = frozenset({"kernel_size", "stride", "padding", "dilation", "ceil_mode"})
 _BN = (Tensor("gamma", "weight"), Tensor("beta", "bias"), Tensor("running_mean", "running_mean"),
        Tensor("running_var", "running_var"))
 _BN_COUNT = (TorchOnly("num_batches_tracked", lambda layer: np.array(0, np.int64)),)
 _BN_READS = frozenset({"num_features", "eps", "momentum"})
 
 TABLE: dict[type, Entry] = {
-    L.Conv2D: Entry(
-        torch=lambda layer, t, children: t.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size,
-                                                     layer.stride, layer.padding, bias="b" in layer.params),
-        tensors=(Tensor("W", "weight"), Tensor("b", "bias")), onnx=_onnx_conv, reads=_CONV_READS),
+    L.Conv2D: Entry(torch=_torch_conv, tensors=_WEIGHTS, onnx=_onnx_conv, reads=_CONV_READS | {"pads"}),
+    L.ConvTranspose2D: Entry(
+        torch=lambda layer, t, children: t.nn.ConvTranspose2d(
+            layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+            layer.output_padding, layer.groups, "b" in layer.params, layer.dilation),
+        tensors=_WEIGHTS, onnx=_onnx_conv_transpose, reads=_CONV_READS | {"output_padding"}),
     L.MaxPool2D: Entry(
-        torch=lambda layer, t, children: t.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding),
-        onnx=_onnx_pool("MaxPool"), reads=_POOL_READS),
-    L.AvgPool2D: Entry(
-        torch=lambda layer, t, children: t.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding),
-        onnx=_onnx_pool("AveragePool", count_include_pad=1), reads=_POOL_READS),
+        torch=lambda layer, t, children: t.nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                                        layer.dilation, ceil_mode=layer.ceil_mode),
+        onnx=_onnx_maxpool, reads=_POOL_READS),
+    L.AvgPool2D: Entry(   # its dilation is always 1 (PyTorch's AvgPool2d has none)
+        torch=lambda layer, t, children: t.nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding,
+                                                        layer.ceil_mode, layer.count_include_pad),
+        onnx=_onnx_avgpool, reads=_POOL_READS | {"count_include_pad"}),
+    L.GlobalAvgPool2D: Entry(torch=lambda layer, t, children: t.nn.AdaptiveAvgPool2d(1),
+                             onnx=_op("GlobalAveragePool")),
+    L.AdaptiveAvgPool2D: Entry(torch=lambda layer, t, children: t.nn.AdaptiveAvgPool2d(layer.output_size),
+                               onnx=_onnx_adaptive_avgpool, reads=frozenset({"output_size"})),
     L.Affine: Entry(
         torch=lambda layer, t, children: t.FlattenLinear(layer.in_features, layer.out_features),
         tensors=(Tensor("W", "weight", transpose=True), Tensor("b", "bias")), onnx=_onnx_affine,
@@ -199,10 +295,14 @@ TABLE: dict[type, Entry] = {
                                                                          layer.k),
                  onnx=_onnx_lrn, reads=frozenset({"size", "alpha", "beta", "k"})),
     L.SoftmaxCrossEntropy: Entry(
-        torch=lambda layer, t, children: t.nn.CrossEntropyLoss(),
-        no_onnx="it is a loss (it takes labels), not part of an inference graph: export the model without it"),
-    L.Sequential: Entry(torch=lambda layer, t, children: t.nn.Sequential(*children), onnx=_onnx_sequential,
-                        children=_indexed),
+        torch=lambda layer, t, children: t.cross_entropy(layer),
+        no_onnx="it is a loss (it takes labels), not part of an inference graph: export the model without it",
+        reads=frozenset({"ignore_index", "label_smoothing", "weight", "reduction"})),
+    L.Sequential: Entry(torch=lambda layer, t, children: t.nn.Sequential(*children),
+                        onnx=lambda layer, g, x, shape: _onnx_chain(layer.layers, g, x, shape), children=_named),
+    L.Residual: Entry(torch=_torch_residual, onnx=_onnx_residual, children=_named, reads=frozenset({"shortcut"})),
+    L.Concat: Entry(torch=lambda layer, t, children: t.Concat(children, layer.axis), onnx=_onnx_concat,
+                    children=_named, reads=frozenset({"axis"})),
 }
 
 
