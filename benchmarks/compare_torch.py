@@ -14,60 +14,13 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
 
 def gpucnn_nets():
-    from gpucnn import layers as L
+    from gpucnn.bench import alexnet_style
     from gpucnn.models import lenet5, resnet
-    from gpucnn.layers import Sequential
-
-    def alexnet_small():
-        return Sequential([
-            L.Conv2D(3, 64, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Conv2D(64, 192, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Conv2D(192, 384, 3, padding=1), L.ReLU(),
-            L.Conv2D(384, 256, 3, padding=1), L.ReLU(),
-            L.Conv2D(256, 256, 3, padding=1), L.ReLU(), L.MaxPool2D(2),
-            L.Affine(4096, 1024), L.ReLU(), L.Affine(1024, 1024), L.ReLU(), L.Affine(1024, 10)])
-    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_small,
+    return {"lenet5": lambda: lenet5(in_channels=1, input_size=28, num_classes=10), "alexnet": alexnet_style,
             "resnet": lambda: resnet(in_channels=1, input_size=28, num_classes=10)}
-
-
-def torch_nets():
-    import torch.nn as nn
-
-    class Block(nn.Module):   # gpucnn.models.resnet's basic block
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-                                      nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-            self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            return nn.functional.relu(self.body(x) + self.shortcut(x))
-
-    def resnet():
-        return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-                             Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2), nn.AdaptiveAvgPool2d(1),
-                             nn.Flatten(), nn.Linear(64, 10))
-
-    def lenet5():
-        return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
-
-    def alexnet_small():
-        return nn.Sequential(
-            nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-            nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
-    return {"lenet5": lenet5, "alexnet": alexnet_small, "resnet": resnet}
 
 
 CASES = {"lenet5": (128, (1, 28, 28)), "alexnet": (32, (3, 32, 32)), "resnet": (128, (1, 28, 28))}
@@ -96,32 +49,8 @@ def make_gpucnn_step(name):
 
 
 def make_torch_step(name):
-    import numpy as np
-    import torch
-    net = torch_nets()[name]()
-    opt = torch.optim.SGD(net.parameters(), lr=0.001, momentum=0.9)
-    batch, shape = CASES[name]
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((batch, *shape), dtype=np.float32))
-    t = torch.from_numpy(rng.integers(0, 10, batch))
-    lossf = torch.nn.CrossEntropyLoss()
-
-    def train_step():
-        opt.zero_grad(set_to_none=True)
-        lossf(net(x), t).backward()
-        opt.step()
-
-    def infer():
-        with torch.no_grad():
-            net(x)
-    return train_step, infer
-
-
-def time_per_call(fn, steps):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    return (time.perf_counter() - t0) / steps
+    from torch_bench import make_step   # the PyTorch twins and step of torch_bench.py, on the CPU
+    return make_step({"alexnet": "alexnet_style"}.get(name, name), CASES[name][0], "cpu")
 
 
 def main(argv=None):
@@ -136,6 +65,7 @@ def main(argv=None):
 
     import numpy as np
     import torch
+    from torch_bench import wall_seconds_per_call
     torch.set_num_threads(args.threads)
     try:
         from threadpoolctl import threadpool_limits
@@ -153,8 +83,8 @@ def main(argv=None):
             g(), t(), g(), t()  # warm-up
             gs, ts = [], []
             for _ in range(args.rounds):
-                gs.append(time_per_call(g, args.steps))
-                ts.append(time_per_call(t, args.steps))
+                gs.append(wall_seconds_per_call(g, args.steps))
+                ts.append(wall_seconds_per_call(t, args.steps))
             gm, tm = statistics.median(gs) * 1e3, statistics.median(ts) * 1e3
             batch = CASES[name][0]
             print(f"{name + ' ' + kind + ' b' + str(batch):<22}{gm:>11.2f}{tm:>11.2f}{gm / tm:>8.2f}{load:>7.2f}",

@@ -54,8 +54,17 @@ def _model_name(text):
         return text
 
 
+def _bench_model_name(text):
+    """A network name in any spelling bench takes ('AlexNet-style')."""
+    from . import bench
+    try:
+        return bench.canonical_name(text)
+    except ValueError:
+        return text
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    from . import cli_interop, models, optim
+    from . import bench, cli_interop, models, optim
     from .train import NONFINITE_MODES, TrainConfig
     d = TrainConfig()
     parser = _Parser(prog="gpucnn", description="Train and evaluate convolutional networks on the CPU or a "
@@ -107,12 +116,19 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
 
-    b = sub.add_parser("bench", help="images per second of training and inference steps",
+    b = sub.add_parser("bench", help="images per second of training and inference steps, or device ops per step",
                        description="Time training steps (forward, backward, SGD-momentum update) and inference on random "
-                                   "data already on the device, after a warm-up; CUDA events on a GPU.")
-    b.add_argument("--model", type=_model_name, choices=models.names(), default="lenet5",
-                   help="model (default lenet5)")
-    b.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+                                   "data already on the device, after a warm-up; CUDA events on a GPU. Kernels are "
+                                   "compiled before timing, and their compile time is reported apart. With "
+                                   "--count-ops: the device operations of a training step, counted on the emulated "
+                                   "device, per layer.")
+    b.add_argument("--model", type=_bench_model_name, choices=bench.names(),
+                   help="network (default lenet5; with --count-ops, default both lenet5 at batch 128 and "
+                        "alexnet_style at batch 32)")
+    b.add_argument("--batch-size", type=int, help="batch size (default 128, or the reference cases' with --count-ops)")
+    b.add_argument("--count-ops", action="store_true",
+                   help="print device operations, host syncs and transfers per training step (on the emulated "
+                        "device) instead of timing")
     b.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
     b.add_argument("--input-shape", metavar="CxHxW",
                    help="input shape (default 1x28x28 for lenet5/simple_convnet, else 3x32x32)")
@@ -202,7 +218,7 @@ def confusion_table(confusion, classes) -> str:
 # ------------------------------------------------------------------------------------------------ bench
 
 def _cmd_bench(args) -> int:
-    from .bench import benchmark, format_result
+    from . import bench
     size = channels = None
     if args.input_shape:
         parts = args.input_shape.lower().split("x")
@@ -210,10 +226,25 @@ def _cmd_bench(args) -> int:
             raise UsageError(f"--input-shape must look like 3x32x32 (channels x height x width), "
                              f"got {args.input_shape!r}")
         channels, size = int(parts[0]), (int(parts[1]), int(parts[2]))
+    if args.count_ops:
+        cases = ([(args.model or "lenet5", args.batch_size or 128)] if args.model or args.batch_size
+                 else bench.REFERENCE_CASES)
+        print("device ops per training step, counted on the emulated device (a model of CuPy 14.2's kernel "
+              "launches, cuBLAS calls, copies and memsets; see README 'Counted device operations'); kernel "
+              "compilation and the warm-up step are not counted")
+        for model, batch in cases:
+            print(bench.format_op_counts(bench.count_step_ops(model, batch, args.device or "emulated",
+                                                              input_size=size, in_channels=channels)))
+        return 0
+    model, batch = args.model or "lenet5", args.batch_size or 128
     for train in (True, False):
-        r = benchmark(args.model, args.batch_size, args.device, steps=args.steps, warmup=args.warmup, train=train,
-                      input_size=size, in_channels=channels)
-        print(format_result(r))
+        r = bench.benchmark(model, batch, args.device, steps=args.steps, warmup=args.warmup, train=train,
+                            input_size=size, in_channels=channels)
+        if train:
+            print(f"kernel compilation: {r['compile_seconds']:.3f} s in this process, before timing "
+                  f"(excluded from the figures below)" if r["device"] != "cpu" else
+                  "kernel compilation: none on the CPU")
+        print(bench.format_result(r))
     return 0
 
 
@@ -235,26 +266,38 @@ def _cmd_info(args) -> int:
         print("matplotlib not installed (no curves.png / filters.png; pip install 'gpucnn[plots]')")
     ok, why = devices.cuda_status()
     print(f"CUDA: {'usable' if ok else 'not usable'}: {why}")
-    names = ["cpu", "emulated"]
+    names = ["cpu", "emulated", "emulated:1"]
     if ok:
         names += [f"cuda:{i}" for i in range(cp.cuda.runtime.getDeviceCount())]
     print(f"devices: {', '.join(names)}; auto -> {devices.get_device('auto')}")
-    try:
-        from .devices import kernels
-        info = kernels.info() if hasattr(kernels, "info") else None
-    except Exception as e:  # kernels are optional for the CPU path: report, don't fail
-        info = f"unavailable ({type(e).__name__}: {e})"
-    if info is not None:
-        print("kernels:")
-        if isinstance(info, dict):
-            for k, v in info.items():
-                print(f"  {k}: {v}")
-        elif isinstance(info, (list, tuple)):
-            for v in info:
-                print(f"  {v}")
-        else:
-            print(f"  {info}")
+    _print_kernels(devices.get_device("cuda:0" if ok else "emulated"))
     return 0
+
+
+def _print_kernels(device):
+    """Where the kernel sources are, and each one compiled now for `device` with its compile time (the CPU
+    path needs no kernel: a failure is reported, not raised)."""
+    from .devices import kernels
+    try:
+        info = kernels.info()
+    except Exception as e:
+        print(f"kernels: unavailable ({type(e).__name__}: {e})")
+        return
+    print(f"kernels: {len(info['sources'])} sources from the {info['source_origin']}, options "
+          f"{' '.join(info['options'])}")
+    names = {}
+    for launcher, where in info["kernels"].items():
+        names.setdefault(where.split(":")[0], []).append(launcher)
+    how = ("NVRTC through cupy; a source found in CuPy's kernel cache (~/.cupy/kernel_cache) only loads"
+           if device.kind == "cuda" else "g++ for the kernel emulator; builds are cached on disk")
+    print(f"compiling every kernel for {device} ({how}):")
+    for source in info["sources"]:
+        try:
+            seconds = kernels.compile_source(source, device)
+            result = f"{seconds:.3f} s"
+        except Exception as e:
+            result = f"FAILED ({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+        print(f"  {source} ({', '.join(names.get(source, []))}): {result}")
 
 
 def _cmd_models(args) -> int:

@@ -155,3 +155,43 @@ def test_cupy_installed_without_gpu():
     assert backend.get_device("auto") == backend.CPU
     with pytest.raises(backend.CudaUnavailableError, match="is installed but"):
         backend.get_device("cuda")
+
+
+def test_seed_does_not_load_curand(monkeypatch):
+    """gpucnn.seed never calls cupy.random.seed (which makes a cuRAND host generator), even with a GPU."""
+    import types
+    calls = []
+    fake = types.SimpleNamespace(random=types.SimpleNamespace(seed=lambda n=None: calls.append(n)))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend.cuda, "cuda_status", lambda: (True, "a pretend GPU"))
+    gpucnn.seed(3)
+    assert calls == []
+
+
+def test_device_generators_are_made_only_when_a_device_draws():
+    from gpucnn import layers as L
+    gpucnn.seed(4)
+    assert backend.core._rng.devices == {}
+    x = backend.to_device(np.ones((2, 3), np.float32), "emulated")
+    L.ReLU().forward(x)
+    L.Dropout(0.5).forward(x, train=False)
+    assert backend.core._rng.devices == {}, "no draw, no generator"
+    a = L.Dropout(0.5).forward(x, train=True)
+    assert list(backend.core._rng.devices) == [backend.EMULATED]
+    gpucnn.seed(4)
+    assert backend.core._rng.devices == {}
+    np.testing.assert_array_equal(backend.to_cpu(L.Dropout(0.5).forward(x, train=True)), backend.to_cpu(a))
+
+
+def test_device_timer_times_a_block_on_each_device(any_device):
+    """Seconds as a float > 0 on every device; on a GPU the block's end waits for the device (CUDA events
+    and their synchronisation; the emulated device counts that wait as its one host sync)."""
+    x = backend.to_device(np.full((64, 64), 0.5, np.float32), any_device)
+    xp = backend.get_array_module(x)
+    with backend.count_device_ops() as counts:
+        with backend.DeviceTimer(any_device) as timer:
+            for _ in range(3):
+                x = xp.matmul(x, x) * np.float32(1 / 64)
+    assert isinstance(timer.seconds, float) and timer.seconds > 0
+    assert counts.syncs == (1 if any_device.kind == "emulated" else 0)
+    np.testing.assert_allclose(backend.to_cpu(x), np.full((64, 64), 0.5 ** 8), rtol=1e-6)   # x -> x*x

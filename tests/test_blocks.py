@@ -89,12 +89,12 @@ def compare_with_twin(model, x, device, train=True):
     model.to(device).train(train)
     y = model.forward(backend.to_device(x, device))
     dx = model.backward(backend.to_device(dout, device))
-    assert_close(y, yt, "y")
+    assert_close(y, yt, "y", device)
     if dx is not None:
-        assert_close(dx, xt.grad, "dx")
+        assert_close(dx, xt.grad, "dx", device)
     assert set(names) == set(model.params), "every parameter has a torch twin"
     for key, (param, to_ours) in names.items():
-        assert_close(model.grads[key], param.grad if to_ours is None else to_ours(param.grad), f"grad {key}")
+        assert_close(model.grads[key], param.grad if to_ours is None else to_ours(param.grad), f"grad {key}", device)
 
 
 def block_net():

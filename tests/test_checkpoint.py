@@ -5,6 +5,7 @@ import zipfile
 import numpy as np
 import pytest
 
+import tolerances
 from _synth import rewrite_checkpoint
 from gpucnn import devices as backend
 from gpucnn import models, optim
@@ -12,17 +13,17 @@ from gpucnn.train import checkpoint
 from gpucnn.train.checkpoint import CheckpointError
 
 
-def trained_lenet(steps=2):
-    """A LeNet-5 and an Adam optimizer after a couple of updates (so the optimizer has state)."""
+def trained_lenet(steps=2, device="cpu"):
+    """A LeNet-5 and an Adam optimizer after a couple of updates on `device` (so the optimizer has state)."""
     from gpucnn.layers import SoftmaxCrossEntropy
     backend.seed(3)
-    model = models.lenet5(in_channels=1, input_size=28, num_classes=10)
+    model = models.lenet5(in_channels=1, input_size=28, num_classes=10).to(device)
     opt = optim.get("adam", lr=1e-3)
     loss = SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)
     for _ in range(steps):
-        x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)
-        loss.forward(model.forward(x), rng.integers(0, 10, 4))
+        x = backend.to_device(rng.standard_normal((4, 1, 28, 28)).astype(np.float32), device)
+        loss.forward(model.forward(x), backend.to_device(rng.integers(0, 10, 4), device))
         model.backward(loss.backward())
         opt.update(model.params, model.grads)
     return model, opt
@@ -37,8 +38,10 @@ def save_lenet(path, model, opt, **extra):
     return checkpoint.save(path, **kw)
 
 
-def test_round_trip_restores_model_optimizer_rng_and_metadata(tmp_path):
-    model, opt = trained_lenet()
+def test_round_trip_restores_model_optimizer_rng_and_metadata(tmp_path, any_device):
+    """A checkpoint saved from device arrays (model and optimizer state on `any_device`) restores a model and
+    an optimizer there that make bit for bit the update the originals make (same device, same process)."""
+    model, opt = trained_lenet(device=any_device)
     path = save_lenet(tmp_path / "checkpoint.npz", model, opt)
     expected_rng = backend.host_rng().random(5)
 
@@ -48,20 +51,21 @@ def test_round_trip_restores_model_optimizer_rng_and_metadata(tmp_path):
     assert ck.history == [{"epoch": 1, "test_acc": 0.5}]
 
     backend.seed(99)
-    fresh = models.get(ck.model_name, **ck.model_kwargs)
+    fresh = models.get(ck.model_name, **ck.model_kwargs).to(any_device)
     ck.load_into(fresh)
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(fresh.state_dict()[k], v)
-        assert fresh.state_dict()[k].dtype == v.dtype
+        assert fresh.state_dict()[k].dtype == v.dtype and type(v) is np.ndarray
 
     opt2 = optim.get("adam")
     opt2.load_state_dict(ck.optim_state)
     # the restored optimizer makes exactly the update the original makes
-    g = {k: np.full_like(p, 0.01) for k, p in model.params.items()}
+    g = {k: backend.to_device(np.full(p.shape, 0.01, p.dtype), any_device) for k, p in model.params.items()}
     opt.update(model.params, g)
     opt2.update(fresh.params, g)
     for k in model.params:
-        np.testing.assert_array_equal(fresh.params[k], model.params[k])
+        assert backend.device_of(fresh.params[k]) == any_device
+        tolerances.assert_exact(fresh.params[k], model.params[k], k)
 
     backend.set_rng_state(ck.rng_state)
     np.testing.assert_array_equal(backend.host_rng().random(5), expected_rng)

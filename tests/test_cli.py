@@ -20,13 +20,23 @@ def data_dir(tmp_path_factory):
     return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=128, n_test=64, size=16)
 
 
-def gpucnn_cmd(*args, cwd=None):
+def gpucnn_cmd(*args, cwd=None, env=None):
     """Run `python -m gpucnn ARGS` in a fresh interpreter; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
     env.pop("GPUCNN_DEVICE", None)
     env.pop("GPUCNN_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "gpucnn", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
+
+
+NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}   # a subprocess sees no GPU, whether or not the machine has one
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """CUDA is not usable in this process, whether or not the machine has a GPU."""
+    from gpucnn.devices import cuda
+    monkeypatch.setattr(cuda, "cuda_status", lambda: (False, "no GPU is usable (CUDA hidden by the test)"))
 
 
 def tiny_train_args(data_dir, out, *extra):
@@ -104,7 +114,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["eval"], r"one of the arguments --checkpoint --onnx is required"),
     ([], r"choose a command: train, eval, bench, info, models"),
 ])
-def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch):
+def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch, no_gpu):
     monkeypatch.chdir(tmp_path)
     if args[:1] == ["train"] and "--device" not in args:
         args = args + ["--device", "cpu"]
@@ -147,7 +157,7 @@ def test_errors_in_a_subprocess_have_no_traceback(data_dir, tmp_path):
     for args, pattern in [(["eval", "--checkpoint", corrupt], r"c\.npz"),
                           (["train", "--device", "cuda", "--epochs", "1"], r"CUDA is not usable"),
                           (["train", "--batch-size", "0", "--device", "cpu"], r"batch-size must be a positive")]:
-        p = gpucnn_cmd(*args, cwd=tmp_path)
+        p = gpucnn_cmd(*args, cwd=tmp_path, env=NO_GPU)
         assert p.returncode == 2, (args, p.stderr)
         lines = assert_one_error_line(p.stderr, pattern)
         assert len(lines) == 1, p.stderr
@@ -190,6 +200,41 @@ def test_info_and_models(capsys):
     for name in ("lenet5", "simple_convnet", "alexnet", "vgg"):
         assert re.search(rf"^{name}\s", out, re.M)
     assert "61,706" in out  # LeNet-5 at 1x28x28, as PyTorch counts it (see test_models)
+
+
+def test_info_compiles_every_kernel_and_reports_its_compile_time(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    device = "cuda:0" if gpucnn.devices.cuda_status()[0] else "emulated"
+    assert f"compiling every kernel for {device}" in out
+    for source in ("im2col.cu", "pooling.cu"):
+        assert re.search(rf"^  {re.escape(source)} \(.*\): \d+\.\d{{3}} s$", out, re.M), out
+    assert "devices: cpu, emulated, emulated:1" in out
+
+
+def test_bench_compiles_before_timing_and_says_so(capsys, monkeypatch):
+    from gpucnn import devices
+    from gpucnn.devices import kernels
+    monkeypatch.setattr(kernels, "_cache", kernels._Cache())   # nothing compiled yet in this process
+    at_timing = []
+    enter = devices.DeviceTimer.__enter__
+    monkeypatch.setattr(devices.DeviceTimer, "__enter__",
+                        lambda self: (at_timing.append(set(kernels.compile_counts())), enter(self))[1])
+    assert cli.main(["bench", "--device", "emulated", "--steps", "1", "--warmup", "0", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^kernel compilation: \d+\.\d{3} s in this process, before timing \(excluded", out, re.M)
+    assert at_timing and all(seen == {(s, "emulated") for s in kernels.sources()} for seen in at_timing)
+
+
+def test_bench_count_ops_prints_device_ops_per_step_per_layer(capsys):
+    assert cli.main(["bench", "--device", "emulated", "--count-ops", "--model", "lenet5", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"^lenet5 training step, batch 4 of 1x28x28 on emulated: (\d+) device ops, 0 host syncs", out, re.M)
+    assert m and int(m.group(1)) > 50, out
+    assert re.search(r"^\s+0  Conv2D\(1, 6, .*\)\s+\d+\s+\d+$", out, re.M)
+    assert re.search(r"^\s+optimizer \(SGD, momentum 0.9\)\s+\d+$", out, re.M)
+    assert cli.main(["bench", "--device", "cpu", "--count-ops"]) == 2
+    assert_one_error_line(capsys.readouterr().err, "counted on the emulated device")
 
 
 def test_module_entry_point_help():

@@ -522,6 +522,17 @@ def test_emulated_device_yields_device_arrays():
     assert xb.dtype == np.float32 and yb.dtype == np.int64 and xb.shape == (4, 1, 8, 8)
 
 
+def test_device_arrays_are_read_back_once_and_served_like_host_arrays():
+    x, y = indexed_arrays(10)
+    dx, dy = backend.to_device(x, "emulated"), backend.to_device(y, "emulated")
+    with backend.count_device_ops() as c:
+        loader = DataLoader((dx, dy), batch_size=4, shuffle=False, device="cpu")
+    assert c.device_to_host == 2
+    for (a, la), (b, lb) in zip(loader, DataLoader((x, y), batch_size=4, shuffle=False, device="cpu")):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(la, lb)
+
+
 def test_loader_argument_errors():
     x, y = indexed_arrays(4)
     with pytest.raises(ValueError, match="unknown augmentation"):

@@ -9,9 +9,8 @@ import pytest
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.mark.parametrize("device", ["cpu", "emulated"])
-def test_layers_in_your_code_learns(device):
-    out = subprocess.run([sys.executable, str(EXAMPLES / "layers_in_your_code.py"), "--device", device],
+def test_layers_in_your_code_learns(any_device):
+    out = subprocess.run([sys.executable, str(EXAMPLES / "layers_in_your_code.py"), "--device", str(any_device)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     accuracy = float(re.search(r"training accuracy ([\d.]+)", out).group(1))
     assert accuracy >= 0.95, out

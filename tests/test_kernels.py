@@ -1,8 +1,10 @@
-"""The CUDA kernels, run by the CPU emulator, against their numpy twins in gpucnn.ops.
+"""The CUDA kernels against their numpy twins in gpucnn.ops, on the emulated GPU (the CPU emulator runs the
+.cu source) and on a real GPU (the `gpu` cases of the `kernel_device` fixture).
 
 Odd shapes (strides, padding, non-square everything, batch 1, channel 1, window == input) and launches
 with fewer threads than elements (the grid-stride loop must cover the rest) and far more (idle threads
-must not write). Tolerances follow llm.c's dev/cuda checks: |got - ref| <= tol * (1 + |ref|).
+must not write). Tolerances (tests/tolerances.py, kind "kernel") follow llm.c's dev/cuda checks:
+|got - ref| <= tol * (1 + |ref|); the gathers are compared bit for bit on every device.
 """
 import math
 
@@ -10,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import tolerances
+from _devices import no_host_sync
 from gpucnn import devices as backend
 from gpucnn.devices import kernels, ops, twins
 
@@ -32,35 +36,25 @@ CASES = [
 IDS = ["x".join(map(str, c)) for c in CASES]
 LAUNCHES = {"default": None, "one-block-of-32": ((1,), (32,)), "oversized": ((997,), (64,)),
             "odd": ((3,), (7,))}
-TOL = {np.float32: 2e-6, np.float64: 1e-14}
 
 
-@pytest.fixture(autouse=True)
-def poisoned_empty(monkeypatch):
-    """Fresh device buffers hold NaN / a sentinel, not the last launch's results: unwritten outputs show."""
-    def empty(shape, dtype=float, order="C"):
-        dtype = np.dtype(dtype)
-        fill = np.nan if dtype.kind == "f" else -123456
-        return backend.to_device(np.full(shape, fill, dtype=dtype, order=order), EMU)
-    monkeypatch.setattr(backend.emulated_xp, "empty", empty)
+def to(device):
+    """A function putting host arrays on `device`."""
+    return lambda a: backend.to_device(a, device)
 
 
-def emu(a):
-    return backend.to_device(a, EMU)
+emu = to(EMU)   # the launchers' argument checks run on the host: the emulated device is enough for them
 
 
 def host(a):
-    assert isinstance(a, backend.EmulatedArray), f"expected a device (emulated) array, got {type(a).__name__}"
+    assert backend.is_gpu_array(a), f"expected a device array, got {type(a).__name__}"
     return backend.to_cpu(a)
 
 
-def assert_close(got, ref, dtype, what):
+def assert_close(got, ref, device, what):
     got = host(got)
     assert got.shape == ref.shape and got.dtype == ref.dtype, what
-    with np.errstate(invalid="ignore"):
-        bad = ~((np.abs(got - ref) <= TOL[dtype] * (1 + np.abs(ref))) | (np.isnan(ref) & np.isnan(got))
-                | (got == ref))
-    assert not bad.any(), f"{what}: {bad.sum()} of {bad.size} differ, e.g. got {got[bad][:5]} want {ref[bad][:5]}"
+    tolerances.assert_close(got, ref, device, what, tol="kernel")
 
 
 def data(case, dtype, seed=0):
@@ -72,48 +66,51 @@ def data(case, dtype, seed=0):
         rng.standard_normal((n, oh, ow, kh, kw, c)).astype(dtype)   # channels-last columns
 
 
-# Each entry: (kernel launcher call on device arrays, twin call on host arrays); both get (x, win, dy, col).
+# Each entry: (kernel launcher call on device arrays made by d, twin call on host arrays); both get
+# (x, win, dy, col).
 OPS = {
-    "im2col": (lambda x, win, dy, col, **k: kernels.im2col(emu(x), *win, **k),
+    "im2col": (lambda d, x, win, dy, col, **k: kernels.im2col(d(x), *win, **k),
                lambda x, win, dy, col: ops.im2col(x, *win)),
-    "col2im": (lambda x, win, dy, col, **k: kernels.col2im(emu(col), x.shape, *win[2:], **k),
+    "col2im": (lambda d, x, win, dy, col, **k: kernels.col2im(d(col), x.shape, *win[2:], **k),
                lambda x, win, dy, col: ops.col2im(col, x.shape, *win[2:])),
-    "maxpool_forward": (lambda x, win, dy, col, **k: kernels.maxpool_forward(emu(x), *win, **k),
+    "maxpool_forward": (lambda d, x, win, dy, col, **k: kernels.maxpool_forward(d(x), *win, **k),
                         lambda x, win, dy, col: ops.maxpool_forward(x, *win)),
     "maxpool_backward": (
-        lambda x, win, dy, col, **k: kernels.maxpool_backward(
-            emu(dy), emu(ops.maxpool_forward(x, *win)[1]), x.shape, *win, **k),
+        lambda d, x, win, dy, col, **k: kernels.maxpool_backward(
+            d(dy), d(ops.maxpool_forward(x, *win)[1]), x.shape, *win, **k),
         lambda x, win, dy, col: ops.maxpool_backward(dy, ops.maxpool_forward(x, *win)[1], x.shape, *win)),
-    "avgpool_forward": (lambda x, win, dy, col, **k: kernels.avgpool_forward(emu(x), *win, **k),
+    "avgpool_forward": (lambda d, x, win, dy, col, **k: kernels.avgpool_forward(d(x), *win, **k),
                         lambda x, win, dy, col: ops.avgpool_forward(x, *win)),
-    "avgpool_backward": (lambda x, win, dy, col, **k: kernels.avgpool_backward(emu(dy), x.shape, *win, **k),
+    "avgpool_backward": (lambda d, x, win, dy, col, **k: kernels.avgpool_backward(d(dy), x.shape, *win, **k),
                          lambda x, win, dy, col: ops.avgpool_backward(dy, x.shape, *win)),
 }
 
 
-def compare(op, got, ref, dtype, what):
+def compare(op, got, ref, device, what):
     if op == "maxpool_forward":
-        assert_close(got[0], ref[0], dtype, what + " y")
+        assert_close(got[0], ref[0], device, what + " y")
         np.testing.assert_array_equal(host(got[1]), ref[1], err_msg=what + " argmax")
         assert got[1].dtype == np.int32
     else:
-        assert_close(got, np.ascontiguousarray(ref), dtype, what)
+        assert_close(got, np.ascontiguousarray(ref), device, what)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 @pytest.mark.parametrize("op", list(OPS))
-def test_kernel_matches_numpy_twin_for_any_launch(op, case, dtype):
+def test_kernel_matches_numpy_twin_for_any_launch(op, case, dtype, kernel_device):
     x, win, dy, col = data(case, dtype)
     run, twin = OPS[op]
     ref = twin(x, win, dy, col)
     for name, launch in LAUNCHES.items():
-        compare(op, run(x, win, dy, col, launch=launch), ref, dtype, f"{op} {case} launch={name}")
+        compare(op, run(to(kernel_device), x, win, dy, col, launch=launch), ref, kernel_device,
+                f"{op} {case} launch={name}")
 
 
 @pytest.mark.parametrize("op", list(OPS))
-def test_ops_dispatch_device_arrays_to_the_kernels(op):
-    """ops.<op> on an EmulatedArray takes the kernel path and returns device arrays equal to the twin's."""
+def test_ops_dispatch_device_arrays_to_the_kernels(op, kernel_device):
+    """ops.<op> on a device array takes the kernel path, returns device arrays equal to the twin's and reads
+    nothing back."""
     case = CASES[0]
     x, win, dy, col = data(case, np.float32, seed=1)
     argmax = ops.maxpool_forward(x, *win)[1]
@@ -125,10 +122,10 @@ def test_ops_dispatch_device_arrays_to_the_kernels(op):
         "avgpool_forward": lambda d: ops.avgpool_forward(d(x), *win),
         "avgpool_backward": lambda d: ops.avgpool_backward(d(dy), x.shape, *win),
     }
-    backend.transfer_stats.reset()
-    got = calls[op](emu)
-    assert backend.transfer_stats.device_to_host == 0, "a kernel launch must not read device memory"
-    compare(op, got, calls[op](lambda a: a), np.float32, op)
+    args = to(kernel_device)
+    with no_host_sync(kernel_device):
+        got = calls[op](args)
+    compare(op, got, calls[op](lambda a: a), kernel_device, op)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -148,10 +145,10 @@ def test_column_layout_is_torch_unfold_channels_last(case):
     np.testing.assert_allclose(ops.col2im(tap_major, x.shape, *win[2:]), fold.numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_col2im_is_deterministic():
+def test_col2im_is_deterministic(kernel_device):
     case = (4, 8, 17, 19, 5, 4, 1, 2, 2, 1)        # heavy overlap: up to 5x2 taps summed per pixel
     x, win, dy, col = data(case, np.float32)
-    col = emu(col * np.float32(1e3))
+    col = to(kernel_device)(col * np.float32(1e3))
     first = host(kernels.col2im(col, x.shape, *win[2:]))
     for launch in LAUNCHES.values():
         again = host(kernels.col2im(col, x.shape, *win[2:], launch=launch))
@@ -161,7 +158,8 @@ def test_col2im_is_deterministic():
 @pytest.mark.parametrize("samples_per_block", [None, 1, 2], ids=["default-block", "block-1", "block-2"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_per_block, monkeypatch):
+def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_per_block, monkeypatch,
+                                                         kernel_device):
     """Both add the same taps in the same row-major kernel order, whatever the twin's column memory order
     and however many samples its channels-last accumulator holds at once."""
     x, win, dy, col = data(case, dtype)
@@ -169,6 +167,7 @@ def test_im2col_and_col2im_are_bit_identical_to_the_twin(case, dtype, samples_pe
         n, c, h, w, kh, kw, sh, sw, ph, pw = case
         sample = (h + 2 * ph) * (w + 2 * pw) * c * np.dtype(dtype).itemsize
         monkeypatch.setattr(twins, "_COL2IM_BLOCK_BYTES", samples_per_block * sample)
+    emu = to(kernel_device)
     got = host(kernels.im2col(emu(x), *win))
     assert got.tobytes() == np.ascontiguousarray(ops.im2col(x, *win)).tobytes()
     got = host(kernels.col2im(emu(col), x.shape, *win[2:]))
@@ -188,8 +187,9 @@ OPTION_CASES = [(2, 4, 9, 7, 3, 2, 2, 1, (1, 2), (0, 1), 2, 3, 2, False, True), 
 OPTION_IDS = ["x".join(map(str, c)).replace(" ", "") for c in OPTION_CASES]
 
 
-def option_ops(case):
-    """(kernel launcher, twin) per op for one OPTION_CASES entry; both take (x, dy, col, **launch)."""
+def option_ops(case, device=EMU):
+    """(kernel launcher on `device`, twin) per op for one OPTION_CASES entry; both take (x, dy, col, **launch)."""
+    emu = to(device)
     n, c, h, w, kh, kw, sh, sw, pv, pu, dh, dw, g, ceil, include = case
     pool = (kh, kw, sh, sw, pv[0], pu[0])          # pools pad the same on both sides
     conv = (kh, kw, sh, sw, pv, pu, dh, dw)
@@ -232,12 +232,12 @@ def option_data(case, op, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("case", OPTION_CASES, ids=OPTION_IDS)
 @pytest.mark.parametrize("op", list(OPS))
-def test_kernel_options_match_numpy_twin_for_any_launch(op, case, dtype):
+def test_kernel_options_match_numpy_twin_for_any_launch(op, case, dtype, kernel_device):
     x, dy, col = option_data(case, op, dtype)
-    run, twin = option_ops(case)[op]
+    run, twin = option_ops(case, kernel_device)[op]
     ref = twin(x, dy, col)
     for name, launch in LAUNCHES.items():
-        compare(op, run(x, dy, col, launch=launch), ref, dtype, f"{op} {case} launch={name}")
+        compare(op, run(x, dy, col, launch=launch), ref, kernel_device, f"{op} {case} launch={name}")
     if op in ("im2col", "col2im"):   # the same taps in the same order: bit for bit
         got = host(run(x, dy, col))
         assert got.tobytes() == np.ascontiguousarray(ref).tobytes(), op
@@ -267,18 +267,20 @@ def tie_and_nan_input(dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("win", [(3, 3, 2, 2, 1, 1), (2, 3, 2, 1, 0, 1), (3, 2, 1, 1, 1, 0)])
-def test_maxpool_ties_and_nans_like_the_twin(win, dtype):
+def test_maxpool_ties_and_nans_like_the_twin(win, dtype, kernel_device):
+    emu = to(kernel_device)
     x = tie_and_nan_input(dtype)
     y, arg = kernels.maxpool_forward(emu(x), *win)
     y_ref, arg_ref = ops.maxpool_forward(x, *win)
     np.testing.assert_array_equal(host(y), y_ref)
     np.testing.assert_array_equal(host(arg), arg_ref)
     dy = np.random.default_rng(4).standard_normal(y_ref.shape).astype(dtype)
-    dx = kernels.maxpool_backward(emu(dy), arg, x.shape, *win)
+    dx = kernels.maxpool_backward(emu(dy), arg, x.shape, *win)   # the device's own argmax
     np.testing.assert_array_equal(host(dx), ops.maxpool_backward(dy, arg_ref, x.shape, *win))
 
 
-def test_maxpool_argmax_agrees_with_pytorch_on_ties_and_nans():
+def test_maxpool_argmax_agrees_with_pytorch_on_ties_and_nans(kernel_device):
+    emu = to(kernel_device)
     x = tie_and_nan_input(np.float32)   # with an all -inf channel: padding must not win (PyTorch's first input)
     kh, kw, sh, sw, ph, pw = 3, 3, 2, 2, 1, 1
     y, arg = kernels.maxpool_forward(emu(x), kh, kw, sh, sw, ph, pw)
@@ -292,41 +294,44 @@ def test_maxpool_argmax_agrees_with_pytorch_on_ties_and_nans():
     np.testing.assert_array_equal(flat, tidx.numpy())
 
 
-def test_every_source_compiles_once_per_process():
-    x = emu(np.ones((1, 1, 4, 4), np.float32))
+def test_every_source_compiles_once_per_process(kernel_device):
+    x = to(kernel_device)(np.ones((1, 1, 4, 4), np.float32))
     for _ in range(3):
         y, arg = ops.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
         ops.col2im(ops.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 1, 1, 1, 1)
         ops.avgpool_backward(ops.avgpool_forward(x.astype(np.float64), 2, 2, 1, 1, 0, 0), x.shape, 2, 2, 1, 1, 0, 0)
     counts = kernels.compile_counts()
     for source in kernels.sources():
-        assert counts[(source, "emulated")] == 1
+        assert counts[(source, str(kernel_device))] == 1
 
 
 def test_info_names_sources_and_compiled_modules():
-    kernels.im2col(emu(np.ones((1, 1, 3, 3), np.float32)), 2, 2, 1, 1, 0, 0)
+    kernels.im2col(to(EMU)(np.ones((1, 1, 3, 3), np.float32)), 2, 2, 1, 1, 0, 0)
     info = kernels.info()
     assert info["source_origin"] in ("checkout", "package")
     assert set(info["sources"]) == {"im2col.cu", "pooling.cu"}
-    assert {"source": "im2col.cu", "device": "emulated", "times": 1} in info["compiled"]
+    compiled = {(c["source"], c["device"]): c for c in info["compiled"]}
+    assert compiled[("im2col.cu", "emulated")]["times"] == 1
+    assert compiled[("im2col.cu", "emulated")]["seconds"] >= 0
 
 
-def test_non_contiguous_input_is_made_contiguous_first():
+def test_non_contiguous_input_is_made_contiguous_first(kernel_device):
     x = np.random.default_rng(5).standard_normal((2, 3, 12, 9)).astype(np.float32)
-    view = emu(x)[:, ::2, ::2, 1:]
+    view = to(kernel_device)(x)[:, ::2, ::2, 1:]
     assert not view.flags.c_contiguous
     assert_close(kernels.im2col(view, 3, 2, 1, 2, 1, 0), ops.im2col(x[:, ::2, ::2, 1:], 3, 2, 1, 2, 1, 0),
-                 np.float32, "im2col of a strided view")
+                 kernel_device, "im2col of a strided view")
 
 
-def test_empty_batch_launches_nothing():
-    x = emu(np.zeros((0, 3, 5, 5), np.float32))
+def test_empty_batch_launches_nothing(kernel_device):
+    x = to(kernel_device)(np.zeros((0, 3, 5, 5), np.float32))
     assert kernels.im2col(x, 3, 3, 1, 1, 1, 1).shape == (0, 5, 5, 3, 3, 3)
     y, arg = kernels.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
     assert y.shape == arg.shape == (0, 3, 2, 2)
 
 
-def test_default_launch_caps_the_grid(monkeypatch):
+def test_default_launch_caps_the_grid(monkeypatch, kernel_device):
+    emu = to(kernel_device)
     seen = []
     real = kernels.get_function
 
@@ -337,7 +342,7 @@ def test_default_launch_caps_the_grid(monkeypatch):
     monkeypatch.setattr(kernels, "get_function", spy)
     monkeypatch.setattr(kernels, "MAX_BLOCKS", 3)
     x = np.random.default_rng(6).standard_normal((2, 3, 20, 20)).astype(np.float32)
-    assert_close(kernels.avgpool_forward(emu(x), 1, 1, 1, 1, 0, 0), x, np.float32, "1x1 avgpool is identity")
+    assert_close(kernels.avgpool_forward(emu(x), 1, 1, 1, 1, 0, 0), x, kernel_device, "1x1 avgpool is identity")
     kernels.avgpool_forward(emu(x[:1, :1, :4, :4]), 1, 1, 1, 1, 0, 0)
     assert seen == [((3,), (kernels.BLOCK,)), ((math.ceil(16 / kernels.BLOCK),), (kernels.BLOCK,))]
 

@@ -1,10 +1,12 @@
-"""Sequential's bookkeeping (names, identity, checkpoints, devices), the initialisers, the emulated GPU
-path of the layers and Conv2D's workspace-limited chunking."""
+"""Sequential's bookkeeping (names, identity, checkpoints, devices), the initialisers, the GPU path of the
+layers (emulated, and cuda with the `gpu` marker) against the CPU, and Conv2D's workspace-limited chunking."""
 import numpy as np
 import pytest
 import torch
 
 import gpucnn
+import tolerances
+from _devices import no_host_sync
 from gpucnn import devices as backend
 from gpucnn.devices import ops
 from gpucnn import init as I
@@ -144,50 +146,59 @@ def xp_only_nets():
     ]
 
 
-def compare_on_devices(build, x, labels, device="emulated"):
+def host_drawn_masks(monkeypatch):
+    """Dropout masks drawn on the host for every device (a GPU draws its own from its generator), so that
+    the layers around them can be compared."""
+    from gpucnn.layers import dropout
+    monkeypatch.setattr(dropout, "random_uniform", lambda shape, like: backend.to_device(
+        backend.host_rng().random(shape, dtype=like.dtype), backend.device_of(like)))
+
+
+def compare_on_devices(build, x, labels, device):
     """The same model, seed and data on the CPU and on `device`: outputs, loss and gradients agree, the
     device arrays stay device arrays, and the step never syncs to the host."""
     results = {}
-    for dev in ("cpu", device):
+    for dev in (backend.CPU, device):
         gpucnn.seed(0)
         model = build().to(dev)
-        assert str(model.device) == dev
+        assert model.device == dev
         xd, ld = backend.to_device(x, dev), backend.to_device(labels, dev)
-        backend.transfer_stats.reset()
         gpucnn.seed(1)  # same dropout masks
-        logits, loss, dx = step(model, xd, ld)
-        model.forward(xd, train=False)
-        assert backend.transfer_stats.device_to_host == 0, f"{dev}: host syncs inside a training step"
+        with no_host_sync(dev):
+            logits, loss, dx = step(model, xd, ld)
+            model.forward(xd, train=False)
         assert dx is None
         arrays = [logits, loss, *model.grads.values(), *model.buffers.values()]
-        assert all(backend.device_of(a).kind == dev for a in arrays)
+        assert all(backend.device_of(a) == dev for a in arrays)
         results[dev] = {"logits": logits, "loss": loss, **model.grads, **model.buffers}
-    for k, v in results["cpu"].items():
-        np.testing.assert_allclose(backend.to_cpu(results[device][k]), v, rtol=1e-5, atol=1e-6, err_msg=k)
+    for k, v in results[backend.CPU].items():
+        tolerances.assert_close(results[device][k], v, device, k)
 
 
 @pytest.mark.parametrize("i", range(2))
-def test_xp_layers_on_emulated_device_match_cpu(i):
+def test_xp_layers_on_a_gpu_match_cpu(i, monkeypatch, gpu_device):
+    host_drawn_masks(monkeypatch)
     rng = np.random.default_rng(i)
     shape = (6, 12) if i == 0 else (6, 3, 2, 2)
     compare_on_devices(xp_only_nets()[i], rng.standard_normal(shape).astype(np.float32),
-                       rng.integers(0, 5, size=6))
+                       rng.integers(0, 5, size=6), gpu_device)
 
 
-def test_conv_and_pool_on_emulated_device_match_cpu():
-    pytest.importorskip("gpucnn.devices.kernels")
+def test_conv_and_pool_on_a_gpu_match_cpu(gpu_device):
     rng = np.random.default_rng(0)
-    compare_on_devices(lenet5, rng.standard_normal((3, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=3))
+    compare_on_devices(lenet5, rng.standard_normal((3, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, size=3),
+                       gpu_device)
     build = lambda: Sequential(L.Conv2D(3, 4, (3, 2), stride=(2, 1), padding=(1, 0)), L.AvgPool2D(3, 1, 1),
                                L.Conv2D(4, 2, 3, bias=False), L.Flatten(), L.Affine(2 * 2 * 3, 5))
-    compare_on_devices(build, rng.standard_normal((4, 3, 8, 6)).astype(np.float32), rng.integers(0, 5, size=4))
+    compare_on_devices(build, rng.standard_normal((4, 3, 8, 6)).astype(np.float32), rng.integers(0, 5, size=4),
+                       gpu_device)
 
 
-def test_layer_to_moves_params_grads_buffers():
+def test_layer_to_moves_params_grads_buffers(gpu_device):
     layer = L.BatchNorm2D(3)
-    assert layer.to("emulated") is layer
+    assert layer.to(gpu_device) is layer
     for d in (layer.params, layer.grads, layer.buffers):
-        assert all(isinstance(v, backend.EmulatedArray) for v in d.values())
+        assert all(backend.device_of(v) == gpu_device for v in d.values())
     layer.to("cpu")
     assert all(type(v) is np.ndarray for d in (layer.params, layer.grads, layer.buffers) for v in d.values())
 
@@ -202,12 +213,15 @@ def run_conv(layer, x, dout):
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 6])
-def test_workspace_limit_chunking_gives_the_same_results(restore_workspace, monkeypatch, chunk):
+def test_workspace_limit_chunking_gives_the_same_results(restore_workspace, monkeypatch, chunk, any_device):
+    """Bit-identical outputs and input gradients on the CPU and the emulated GPU (the GEMMs' rows do not depend
+    on how many samples share them there); to rounding on CUDA, where cuBLAS picks its algorithm by size."""
     rng = np.random.default_rng(chunk)
     layer = L.Conv2D(3, 5, (3, 2), stride=(1, 2), padding=1)
     layer.params["b"][...] = rng.standard_normal(5)
-    x = rng.standard_normal((7, 3, 9, 8)).astype(np.float32)
-    dout = rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32)
+    layer.to(any_device)
+    x = backend.to_device(rng.standard_normal((7, 3, 9, 8)).astype(np.float32), any_device)
+    dout = backend.to_device(rng.standard_normal(layer.output_shape(x.shape)).astype(np.float32), any_device)
     calls = []
     real = ops.im2col
     monkeypatch.setattr(ops, "im2col", lambda x, *a: calls.append(x.shape[0]) or real(x, *a))
@@ -219,10 +233,11 @@ def test_workspace_limit_chunking_gives_the_same_results(restore_workspace, monk
     y1, dx1, dw1, db1, cached = run_conv(layer, x, dout)
     sizes = [min(chunk, 7 - s) for s in range(0, 7, chunk)]
     assert not cached and calls == sizes + sizes, "chunked: columns recomputed per chunk in backward"
-    np.testing.assert_array_equal(y1, y0)
-    np.testing.assert_array_equal(dx1, dx0)
-    np.testing.assert_allclose(dw1, dw0, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(db1, db0)
+    same = "step" if any_device.kind == "cuda" else "exact"
+    tolerances.assert_close(y1, y0, any_device, "y", same)
+    tolerances.assert_close(dx1, dx0, any_device, "dx", same)
+    np.testing.assert_allclose(tolerances.host(dw1), tolerances.host(dw0), rtol=1e-5, atol=1e-5)
+    tolerances.assert_close(db1, db0, any_device, "db", same)
 
 
 def test_columns_not_kept_in_eval(monkeypatch):

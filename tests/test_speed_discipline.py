@@ -4,6 +4,7 @@ benchmark helper."""
 import numpy as np
 import pytest
 
+from _devices import no_host_sync
 from gpucnn import bench, models
 from gpucnn import devices as backend
 from gpucnn.devices import kernels, ops
@@ -24,31 +25,32 @@ def on(device, a):
 
 # ---------------------------------------------------------------------------------------- no host syncs
 
-def test_lenet5_training_on_the_emulated_gpu_never_syncs_and_compiles_each_kernel_once():
-    net = models.lenet5(in_channels=1, input_size=28, num_classes=10).to("emulated")
+def test_lenet5_training_on_a_gpu_never_syncs_and_compiles_each_kernel_once(gpu_device):
+    """No host sync inside training steps (on CUDA checked by cupyx.allow_synchronize(False)), parameters
+    updated in place, each kernel source compiled once per device and process."""
+    net = models.lenet5(in_channels=1, input_size=28, num_classes=10).to(gpu_device)
     loss, opt = L.SoftmaxCrossEntropy(), Adam(lr=1e-3)
     rng = np.random.default_rng(0)
-    batches = [(n, on("emulated", rng.standard_normal((n, 1, 28, 28), dtype=np.float32)),
-                on("emulated", rng.integers(0, 10, n))) for n in (4, 3, 4, 5, 3)]
+    batches = [(n, on(gpu_device, rng.standard_normal((n, 1, 28, 28), dtype=np.float32)),
+                on(gpu_device, rng.integers(0, 10, n))) for n in (4, 3, 4, 5, 3)]
     before = {k: v for k, v in net.params.items()}
-    backend.transfer_stats.reset()
-    for _, x, t in batches:
-        value = loss.forward(net.forward(x, train=True), t)
-        net.backward(loss.backward())
-        opt.update(net.params, net.grads)
-    assert backend.transfer_stats.device_to_host == 0, "a training step read device memory on the host"
-    assert isinstance(value, backend.EmulatedArray) and value.shape == ()
+    with no_host_sync(gpu_device):
+        for _, x, t in batches:
+            value = loss.forward(net.forward(x, train=True), t)
+            net.backward(loss.backward())
+            opt.update(net.params, net.grads)
+    assert backend.is_gpu_array(value) and value.shape == ()
     assert all(net.params[k] is before[k] for k in before), "parameters are updated in place"
     counts = kernels.compile_counts()
-    assert {("im2col.cu", "emulated"), ("pooling.cu", "emulated")} <= set(counts)
+    assert {("im2col.cu", str(gpu_device)), ("pooling.cu", str(gpu_device))} <= set(counts)
     assert all(n == 1 for n in counts.values()), counts
     assert np.isfinite(float(value))   # the one sync, after the steps
 
 
 # ------------------------------------------------------------------------------------------- workspace
 
-@pytest.mark.parametrize("device", ["cpu", "emulated"])
-def test_no_column_buffer_exceeds_the_workspace_limit(restore_workspace, monkeypatch, device):
+def test_no_column_buffer_exceeds_the_workspace_limit(restore_workspace, monkeypatch, any_device):
+    device = any_device
     layer = L.Conv2D(3, 4, 3, padding=1).to(device)
     x = on(device, np.random.default_rng(1).standard_normal((7, 3, 10, 10), dtype=np.float32))
     full = 7 * 3 * 3 * 3 * 10 * 10 * 4
@@ -113,9 +115,9 @@ def test_float32_training_stays_float32_in_every_layer():
 
 # ----------------------------------------------------------------------------------------------- bench
 
-@pytest.mark.parametrize("device", ["cpu", "emulated"])
 @pytest.mark.parametrize("train", [True, False])
-def test_benchmark_reports_a_consistent_result(device, train):
+def test_benchmark_reports_a_consistent_result(any_device, train):
+    device = str(any_device)
     r = bench.benchmark("simple_convnet", 3, device, steps=2, warmup=1, train=train, input_size=12,
                         num_classes=4)
     assert r["model"] == "simple_convnet" and r["device"] == device and r["batch"] == 3
@@ -167,21 +169,22 @@ def test_conv_weight_gradient_matches_pytorch_in_both_contraction_orders(out_cha
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("win", [(2, 2, 2, 2, 0, 0), (3, 3, 2, 2, 1, 1), (3, 2, 1, 2, 1, 0)])
-def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_and_infinities(win, dtype):
+def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_and_infinities(win, dtype,
+                                                                                              kernel_device):
     rng = np.random.default_rng(4)
     x = rng.integers(-2, 3, (3, 4, 9, 11)).astype(dtype)   # many ties
     x[rng.random(x.shape) < 0.15] = -0.0                    # +0 / -0 ties: the first one must stay
     x[rng.random(x.shape) < 0.1] = np.nan
     x[rng.random(x.shape) < 0.05] = -np.inf
     y, arg = ops.maxpool_forward(x, *win)
-    ky, karg = (backend.to_cpu(a) for a in kernels.maxpool_forward(on("emulated", x), *win))
+    ky, karg = (backend.to_cpu(a) for a in kernels.maxpool_forward(on(kernel_device, x), *win))
     np.testing.assert_array_equal(arg, karg)
     np.testing.assert_array_equal(y, ky)
     np.testing.assert_array_equal(np.signbit(y), np.signbit(ky))
     dy = rng.standard_normal(y.shape).astype(dtype)
     dy[0, 0, 0, 0], dy[0, 1, 0, 0] = np.inf, -0.0
     dx = ops.maxpool_backward(dy, arg, x.shape, *win)
-    kdx = backend.to_cpu(kernels.maxpool_backward(on("emulated", dy), on("emulated", karg), x.shape, *win))
+    kdx = backend.to_cpu(kernels.maxpool_backward(on(kernel_device, dy), on(kernel_device, karg), x.shape, *win))
     np.testing.assert_allclose(dx, kdx, rtol=1e-12 if dtype == np.float64 else 1e-6)
     np.testing.assert_array_equal(np.isnan(dx), np.isnan(kdx))
 
@@ -189,7 +192,8 @@ def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_a
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("win", [(2, 2, 2, 2, 0, 0), (3, 2, 3, 2, 1, 0), (2, 2, 3, 3, 0, 0), (3, 3, 2, 2, 1, 1),
                                  (3, 2, 1, 2, 1, 0)])
-def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_overlapping_windows(win, dtype):
+def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_overlapping_windows(win, dtype,
+                                                                                                   kernel_device):
     """Disjoint windows write their share, overlapping ones add it: both give the kernel's bits, +0.0 for a
     -0.0 gradient, zeros for inputs no window reaches."""
     rng = np.random.default_rng(5)
@@ -199,6 +203,6 @@ def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_o
     dy[rng.random(dy.shape) < 0.2] = -0.0
     dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, np.nan
     dx = ops.maxpool_backward(dy, arg, x.shape, *win)
-    kdx = backend.to_cpu(kernels.maxpool_backward(on("emulated", dy), on("emulated", arg), x.shape, *win))
+    kdx = backend.to_cpu(kernels.maxpool_backward(on(kernel_device, dy), on(kernel_device, arg), x.shape, *win))
     np.testing.assert_array_equal(dx, kdx)
     np.testing.assert_array_equal(np.signbit(dx), np.signbit(kdx))

@@ -180,8 +180,9 @@ def poison(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("device", ["cpu", "emulated"])
-def test_nan_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, poison, device):
+def test_nan_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, poison,
+                                                                           any_device):
+    device = str(any_device)
     poison((2, 4))  # epoch 2, its 5th batch
     out = tmp_path / "r"
     with pytest.raises(NumericalFaultError, match=r"epoch 2, step 5 \(global step 13\).*last good checkpoint "
@@ -243,6 +244,25 @@ def test_evaluate_matches_a_numpy_computation(data_dir, tmp_path):
     np.add.at(expected, (ds.labels, pred), 1)
     np.testing.assert_array_equal(confusion, expected)
     assert loss == pytest.approx(float(SoftmaxCrossEntropy().forward(logits, ds.labels)), rel=1e-5)
+
+
+def test_an_evaluation_reads_back_from_the_device_once(data_dir):
+    """Counts and sums stay on the device over all batches; cupy.bincount would read back twice per batch."""
+    from gpucnn import data, models
+    ds = data.load_dataset("mnist", "test", data_dir=data_dir, download=False)
+    results = {}
+    for dev in ("cpu", "emulated"):
+        model = models.lenet5(1, 16, 10)
+        model.load_state_dict(results["cpu"][3]) if results else None
+        loader = data.DataLoader(ds, batch_size=30, shuffle=False, device=dev)
+        with backend.count_device_ops() as counts:
+            loss, acc, confusion = evaluate(model.to(dev), loader)
+        results[dev] = (loss, acc, confusion, model.state_dict())
+    assert len(loader) == 5
+    assert (counts.device_to_host, counts.syncs) == (1, 1), counts.by_sync
+    assert results["emulated"][1] == results["cpu"][1]
+    np.testing.assert_array_equal(results["emulated"][2], results["cpu"][2])
+    assert results["emulated"][0] == pytest.approx(results["cpu"][0], rel=1e-6)
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..devices import get_device, host_rng, to_device
+from ..devices import get_device, host_rng, to_cpu, to_device
 from .datasets import Dataset, channel_stats
 
 
@@ -20,7 +20,8 @@ class DataLoader:
     current epoch and then advances it by one; a trainer may instead call ``set_epoch(e)`` before each epoch.
     Normalisation is ``(x/255 - mean) / std`` per channel for uint8 images (``x/255`` alone when
     ``normalize=False``); float images are taken as already scaled to [0, 1]. mean/std come from the Dataset,
-    the arguments, or are computed from the images given. ``limit`` keeps the first n examples.
+    the arguments, or are computed from the images given. ``limit`` keeps the first n examples. Images and
+    labels given as device arrays are copied to the host once (batches are made there and sent to `device`).
     """
 
     def __init__(self, data, batch_size=128, shuffle=True, seed=0, normalize=True, augment=(), device="cpu",
@@ -36,7 +37,7 @@ class DataLoader:
             except (TypeError, ValueError):
                 raise TypeError(f"DataLoader: expected a Dataset or an (images, labels) pair, "
                                 f"got {type(data).__name__}") from None
-            images, labels = np.asarray(images), np.asarray(labels)
+            images, labels = to_cpu(images), to_cpu(labels)   # device arrays are read back once, here
             self.name = "arrays"
         if images.ndim != 4:
             raise ValueError(f"DataLoader({self.name}): expected images (N, C, H, W), got shape {images.shape}")

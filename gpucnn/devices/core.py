@@ -1,15 +1,17 @@
 """Devices and array modules: what a device is, which array module serves it, and moving arrays between them.
 
-Three kinds of device exist: ``cpu`` (numpy), ``cuda:N`` (cupy on a real GPU, :mod:`.cuda`) and ``emulated``,
-a GPU stand-in for machines without one (:mod:`.emulated`, which registers itself here with
-:func:`register_kind`). Importing this module never fails for lack of cupy, a driver or a GPU.
+Three kinds of device exist: ``cpu`` (numpy), ``cuda:N`` (cupy on a real GPU, :mod:`.cuda`) and
+``emulated``/``emulated:N``, GPU stand-ins for machines without one (:mod:`.emulated`, which registers itself
+here with :func:`register_kind`). Work on a GPU runs on its *current* device (CuPy's rule): code that handles
+arrays of GPU N runs inside ``device_scope(array)``. Importing this module never fails for lack of cupy, a
+driver or a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -37,17 +39,23 @@ class _Kind:
     """How the core handles a device kind implemented elsewhere (the emulated GPU)."""
     xp: object                  # its array module
     array_type: type            # the class of its arrays
-    upload: object              # (x, host numpy array) -> device array
+    count: int                  # how many devices of the kind there are (indices 0..count-1)
+    upload: object              # (host numpy array, index) -> device array
+    copy_to: object             # (device array, index) -> a copy on device `index`
     download: object            # device array -> host numpy array
-    compile_module: object      # (code, options) -> module with .get_function(name)
+    index_of: object            # device array -> its device index
+    scope: object               # index -> context manager making that device current
+    generator: object           # (seed, index) -> generator with .random(shape, dtype)
+    compile_module: object      # (code, options, index) -> module with .get_function(name)
 
 
 _KINDS: dict[str, _Kind] = {}
 
 
-def register_kind(name: str, *, xp, array_type, upload, download, compile_module):
-    """Make device kind `name` known to the core (called by gpucnn.devices for the emulated GPU)."""
-    _KINDS[name] = _Kind(xp, array_type, upload, download, compile_module)
+def register_kind(name: str, **kind):
+    """Make device kind `name` known to the core (called by gpucnn.devices for the emulated GPU); the keyword
+    arguments are the fields of _Kind."""
+    _KINDS[name] = _Kind(**kind)
 
 
 def _registered_kind(x):
@@ -61,12 +69,15 @@ def _registered_kind(x):
 
 @dataclass(frozen=True)
 class Device:
-    """Where arrays live: kind is 'cpu', 'cuda' or 'emulated'; index is the GPU ordinal for 'cuda'."""
+    """Where arrays live: kind is 'cpu', 'cuda' or 'emulated'; index is the GPU ordinal ('cuda:1',
+    'emulated:1'; 'emulated' is 'emulated:0')."""
     kind: str
     index: int = 0
 
     def __str__(self):
-        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+        if self.kind == "cuda" or (self.kind in _KINDS and self.index):
+            return f"{self.kind}:{self.index}"
+        return self.kind
 
     @property
     def is_gpu(self) -> bool:
@@ -88,9 +99,11 @@ EMULATED = Device("emulated")
 
 
 def get_device(spec=None) -> Device:
-    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'emulated' (default: $GPUCNN_DEVICE, else 'auto').
+    """Resolve 'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'emulated' | 'emulated:N' (default: $GPUCNN_DEVICE, else
+    'auto').
 
-    Raises ValueError for an unknown name and CudaUnavailableError when a GPU is asked for and none is usable."""
+    Raises ValueError for an unknown name or emulated GPU and CudaUnavailableError when a GPU is asked for and
+    none is usable."""
     if isinstance(spec, Device):
         return spec
     if spec is None:
@@ -98,8 +111,13 @@ def get_device(spec=None) -> Device:
     s = str(spec).strip().lower()
     if s == "cpu":
         return CPU
-    if s == "emulated":
-        return EMULATED
+    for name, kind in _KINDS.items():
+        if s == name or s.startswith(name + ":"):
+            idx_text = s.split(":", 1)[1] if ":" in s else "0"
+            if not idx_text.isdigit() or int(idx_text) >= kind.count:
+                raise ValueError(f"unknown device {spec!r}: there are {kind.count} {name} GPUs "
+                                 f"({name}:0..{name}:{kind.count - 1})")
+            return Device(name, int(idx_text))
     if s == "auto":
         ok, why = cuda.cuda_status()
         if ok:
@@ -119,7 +137,8 @@ def get_device(spec=None) -> Device:
         if idx >= count:
             raise CudaUnavailableError(f"device {spec!r}: there are only {count} GPU(s) (cuda:0..cuda:{count - 1})")
         return Device("cuda", idx)
-    raise ValueError(f"unknown device {spec!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'emulated'")
+    raise ValueError(f"unknown device {spec!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N', 'emulated' or "
+                     f"'emulated:N'")
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,7 +150,7 @@ def device_of(x) -> Device:
     """The device an array lives on (numpy scalars and Python numbers count as cpu)."""
     kind = _registered_kind(x)
     if kind is not None:
-        return Device(kind)
+        return Device(kind, _KINDS[kind].index_of(x))
     if cuda.is_cupy_array(x):
         return Device("cuda", x.device.id)
     return CPU
@@ -142,7 +161,8 @@ def get_array_module(*arrays):
 
     Raises DeviceMismatchError when host arrays and device arrays are mixed: such code would fail on a GPU.
     """
-    kinds = {device_of(a).kind for a in arrays if isinstance(a, np.ndarray) or cuda.is_cupy_array(a)}
+    kinds = {device_of(a).kind for a in arrays
+             if isinstance(a, np.ndarray) or cuda.is_cupy_array(a) or _registered_kind(a) is not None}
     if len(kinds) > 1:
         raise DeviceMismatchError(
             f"arrays from different devices were mixed in one call ({', '.join(sorted(kinds))}); "
@@ -156,23 +176,46 @@ def is_gpu_array(x) -> bool:
     return device_of(x).is_gpu
 
 
+def device_scope(where):
+    """A context manager making a GPU current for the work inside: `where` is an array (its device), a Device
+    or a device name. ``cupy.cuda.Device(N)`` on CUDA, the emulated GPU's own scope, nothing on the CPU.
+
+    CuPy runs kernels, cuBLAS calls and allocations on the current device, whatever device the arrays are on,
+    so code handling arrays of cuda:1 must run inside their scope (the emulated device refuses otherwise)."""
+    if isinstance(where, (Device, str)):
+        dev = get_device(where)
+    elif where is None or not hasattr(where, "dtype"):
+        return contextlib.nullcontext()
+    else:
+        dev = device_of(where)
+    if dev.kind == "cuda":
+        return cuda.cupy_module().cuda.Device(dev.index)
+    if dev.kind in _KINDS:
+        return _KINDS[dev.kind].scope(dev.index)
+    return contextlib.nullcontext()
+
+
 # ---------------------------------------------------------------------------------------- transfers
 
 def to_device(x, device=None):
-    """Copy (if needed) an array to the device ('auto', 'cpu', 'cuda:N', 'emulated' or a Device)."""
+    """The array on a device ('auto', 'cpu', 'cuda:N', 'emulated:N' or a Device): x itself when it is there
+    already, else a copy (host-to-device, device-to-host, or between two GPUs)."""
     dev = get_device(device)
     if dev.kind == "cpu":
         return to_cpu(x)
+    src = device_of(x)
+    if src == dev and (dev.kind in _KINDS or cuda.is_cupy_array(x)):
+        return x
     if dev.kind in _KINDS:
         kind = _KINDS[dev.kind]
-        if isinstance(x, kind.array_type):
-            return x
-        return kind.upload(x, to_cpu(x))
+        if src.kind == dev.kind:
+            return kind.copy_to(x, dev.index)
+        return kind.upload(to_cpu(x), dev.index)
     cp = cuda.cupy_module()
     if _registered_kind(x) is not None:
         x = to_cpu(x)
     with cp.cuda.Device(dev.index):
-        return cp.asarray(x)
+        return x.copy() if cuda.is_cupy_array(x) else cp.asarray(x)   # copy(): a peer copy from another GPU
 
 
 def to_cpu(x):
@@ -190,6 +233,9 @@ def synchronize(device=None):
     dev = get_device(device) if device is not None else None
     if dev is not None and dev.kind == "cuda":
         cuda.cupy_module().cuda.Device(dev.index).synchronize()
+    elif dev is not None and dev.kind in _KINDS:
+        with _KINDS[dev.kind].scope(dev.index) as current:
+            current.synchronize()
 
 
 class DeviceTimer:
@@ -218,6 +264,8 @@ class DeviceTimer:
                 self._end.synchronize()
                 self.seconds = cp.cuda.get_elapsed_time(self._start, self._end) / 1e3
         else:
+            if self.device.kind in _KINDS:   # the end event's wait, on a GPU
+                synchronize(self.device)
             self.seconds = time.perf_counter() - self._t0
         return False
 
@@ -232,30 +280,35 @@ def compile_module(code: str, options: tuple, device: Device):
     if device.kind == "cuda":
         return cuda.compile_module(code, options, device.index)
     if device.kind in _KINDS:
-        return _KINDS[device.kind].compile_module(code, options)
+        return _KINDS[device.kind].compile_module(code, options, device.index)
     raise ValueError(f"kernels run on a GPU device, not on {device}")
 
 
 # ------------------------------------------------------------------------------------------ randomness
 
 class _RNG:
-    """The library's random state: one numpy Generator for the host (init, data order, dropout on CPU and
-    the emulated device) and, per GPU, a cupy generator seeded from it."""
+    """The library's random state: one numpy Generator for the host (init, data order, dropout on the CPU)
+    and, per GPU, a device generator seeded from it, made when the GPU first draws (a cupy.random.Generator on
+    CUDA: no cuRAND library is loaded unless the library draws on the device, e.g. for dropout)."""
 
     def __init__(self):
         self.seed(None)
 
     def seed(self, n):
         self.host = np.random.default_rng(n)
-        self._gpu = {}
+        self.devices = {}
 
-    def gpu(self, index):
-        g = self._gpu.get(index)
+    def on(self, dev: Device):
+        g = self.devices.get(dev)
         if g is None:
-            cp = cuda.cupy_module()
-            with cp.cuda.Device(index):
-                g = cp.random.default_rng(int(self.host.integers(2**63 - 1)))
-            self._gpu[index] = g
+            seed = int(self.host.integers(2**63 - 1))
+            if dev.kind == "cuda":
+                cp = cuda.cupy_module()
+                with cp.cuda.Device(dev.index):
+                    g = cp.random.default_rng(seed)
+            else:
+                g = _KINDS[dev.kind].generator(seed, dev.index)
+            self.devices[dev] = g
         return g
 
 
@@ -263,11 +316,10 @@ _rng = _RNG()
 
 
 def seed(n: int | None):
-    """Seed every random number generator the library uses (weights, data order, dropout, augmentation)."""
+    """Seed every random number generator the library uses (weights, data order, dropout, augmentation).
+    Device generators are re-made from the new seed when they are next used (cupy.random.seed, which loads
+    cuRAND, is not called)."""
     _rng.seed(n)
-    cp = sys.modules.get("cupy")
-    if cp is not None and n is not None and cuda.cuda_status()[0]:
-        cp.random.seed(n)
 
 
 def host_rng() -> np.random.Generator:
@@ -279,10 +331,10 @@ def random_uniform(shape, like, dtype=None):
     """Uniform [0, 1) samples on the same device as `like` (used for dropout masks)."""
     dtype = np.dtype(dtype or like.dtype)
     dev = device_of(like)
-    if dev.kind == "cuda":
-        return _rng.gpu(dev.index).random(shape, dtype=dtype)
-    sample = _rng.host.random(shape, dtype=dtype if dtype in (np.float32, np.float64) else np.float64)
-    return _KINDS[dev.kind].upload(sample, sample) if dev.kind in _KINDS else sample
+    if dev.is_gpu:
+        with device_scope(dev):
+            return _rng.on(dev).random(shape, dtype=dtype)
+    return _rng.host.random(shape, dtype=dtype if dtype in (np.float32, np.float64) else np.float64)
 
 
 def get_rng_state() -> dict:
@@ -295,4 +347,4 @@ def set_rng_state(state: dict):
     bg = np.random.PCG64()
     bg.state = state
     _rng.host = np.random.Generator(bg)
-    _rng._gpu = {}
+    _rng.devices = {}

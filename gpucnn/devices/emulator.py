@@ -7,7 +7,9 @@ running together (no ``__syncthreads``, no shared memory); grid-stride kernels l
 
 Arguments are checked the way CuPy would pass them, and what CuPy would get silently wrong is refused:
 a Python int arrives in CUDA as a 64-bit integer and a Python float as a double, a kernel never sees strides,
-and a host (numpy) array is not device memory. Built libraries are cached on disk by source hash.
+a host (numpy) array is not device memory, and an array of another GPU than the one the module was built for
+and that is current is not either. Each launch is counted as a device operation (``kernel:<name>``). Built
+libraries are cached on disk by source hash.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import counters, emulated
 from .emulated import EmulatedArray
 
 CXX = os.environ.get("CXX", "g++")
@@ -261,7 +264,7 @@ class RawModule:
     """
 
     def __init__(self, code: str | None = None, *, path: str | None = None, options: tuple = (),
-                 name: str = "kernel.cu", **unsupported):
+                 name: str = "kernel.cu", device: int | None = None, **unsupported):
         if unsupported:
             raise TypeError(f"emulator RawModule: unsupported arguments {sorted(unsupported)}")
         if (code is None) == (path is None):
@@ -272,6 +275,7 @@ class RawModule:
         self.options = tuple(options)
         self.name = name
         self.kernels = parse_kernels(code)
+        self.device = emulated.current() if device is None else int(device)   # cupy: the current device
         self._lib = None
         self._functions = {}
 
@@ -290,7 +294,7 @@ class RawModule:
                 f"{self.name}: no extern \"C\" __global__ kernel named {name!r} "
                 f"(found: {', '.join(sorted(self.kernels)) or 'none'})")
         self.compile()
-        fn = Function(name, self.kernels[name], getattr(self._lib, LAUNCH_PREFIX + name))
+        fn = Function(name, self.kernels[name], getattr(self._lib, LAUNCH_PREFIX + name), self.device)
         self._functions[name] = fn
         return fn
 
@@ -310,9 +314,10 @@ def _dims(value, what: str, kernel: str, limits) -> tuple[int, int, int]:
 class Function:
     """A launchable kernel: ``fn(grid, block, args)`` as with cupy.RawKernel / RawModule.get_function."""
 
-    def __init__(self, name: str, params: tuple[Param, ...], entry):
+    def __init__(self, name: str, params: tuple[Param, ...], entry, device: int = 0):
         self.name = name
         self.params = params
+        self.device = device
         self._entry = entry
         self._entry.restype = None
         self._entry.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -333,7 +338,12 @@ class Function:
         if len(args) != len(self.params):
             raise KernelArgumentError(
                 f"kernel {self.signature}: expected {len(self.params)} arguments, got {len(args)}")
+        if emulated.current() != self.device:
+            raise ValueError(f"kernel {self.name} was loaded on emulated GPU {self.device} but GPU "
+                             f"{emulated.current()} is current (cupy would launch it in the wrong context); launch "
+                             f"it inside gpucnn.devices.device_scope(array)")
         keep = [self._convert(p, a) for p, a in zip(self.params, args)]
+        counters.op(f"kernel:{self.name}")
         argv = (ctypes.c_void_p * max(1, len(keep)))(*[ctypes.addressof(k) for k in keep])
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)
@@ -346,7 +356,7 @@ class Function:
         """The argument as the ctypes object whose address the launcher reads; refuses what CuPy gets wrong."""
         if p.pointer:
             return self._pointer(p, a)
-        if isinstance(a, np.ndarray):
+        if isinstance(a, (np.ndarray, EmulatedArray)):
             self._refuse(p, f"got an array of shape {a.shape}; a scalar parameter needs a numpy scalar "
                             f"(pass np.{p.dtype.name}(...))")
         if isinstance(a, np.generic):    # first: np.float64 is also a Python float
@@ -385,4 +395,7 @@ class Function:
                             f"ignore strides. Pass xp.ascontiguousarray(x)")
         if not p.const and not a.flags.writeable:
             self._refuse(p, "got a read-only array for a pointer the kernel writes through")
-        return ctypes.c_void_p(a.ctypes.data)
+        if emulated.index_of(a) != self.device:
+            self._refuse(p, f"got an array of emulated GPU {emulated.index_of(a)}, but the kernel runs on GPU "
+                            f"{self.device}")
+        return ctypes.c_void_p(emulated.buffer(a).ctypes.data)

@@ -15,9 +15,9 @@ compiles every source with the same options for compute 7.5, 8.0 and 9.0.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -100,6 +100,7 @@ class _Cache:
         self.modules = {}      # (source, device) -> compiled module
         self.functions = {}    # (source, kernel, device) -> launchable function
         self.counts = Counter()  # (source, str(device)) -> compilations started
+        self.seconds = {}      # (source, str(device)) -> seconds the compilation took
         self.lock = threading.Lock()
 
 
@@ -116,6 +117,7 @@ def _module(source: str, device: core.Device):
         if mod is None:
             code = _read_source(source)
             _cache.counts[(source, str(device))] += 1
+            start = time.perf_counter()
             try:
                 mod = core.compile_module(code, OPTIONS, device)
                 compile_now = getattr(mod, "compile", None)   # cupy compiles lazily: surface errors here
@@ -125,6 +127,7 @@ def _module(source: str, device: core.Device):
                 raise KernelCompileError(
                     f"kernels/{source} did not compile for device {device} with options {OPTIONS}: "
                     f"{type(e).__name__}: {e}") from e
+            _cache.seconds[(source, str(device))] = time.perf_counter() - start
             _cache.modules[key] = mod
     return mod
 
@@ -144,6 +147,25 @@ def compile_counts() -> dict[tuple[str, str], int]:
     return dict(_cache.counts)
 
 
+def compile_seconds() -> dict[tuple[str, str], float]:
+    """Seconds each (source, device) took to compile in this process (wall clock; on CUDA it includes
+    loading the module, and a source CuPy finds in its kernel cache, ~/.cupy/kernel_cache, loads in ms)."""
+    return dict(_cache.seconds)
+
+
+def compile_source(source: str, device) -> float:
+    """Compile kernel source `source` (e.g. 'im2col.cu') for `device` unless this process has; returns the
+    seconds its compilation took. Raises KernelCompileError with the compiler's log."""
+    device = core.get_device(device)
+    _module(source, device)
+    return _cache.seconds[(source, str(device))]
+
+
+def compile_all(device) -> dict[str, float]:
+    """Compile every kernel source for `device` now (before benchmarks time anything); {source: seconds}."""
+    return {source: compile_source(source, device) for source in sources()}
+
+
 def info() -> dict:
     """Where the sources were found and what was compiled on which device (for `gpucnn info`)."""
     try:
@@ -155,15 +177,16 @@ def info() -> dict:
         "sources": {name: str(path) for name, path in found.items()},
         "options": list(OPTIONS),
         "kernels": {name: f"{src}:{base}_f32/_f64" for name, (src, base) in KERNELS.items()},
-        "compiled": [{"source": s, "device": d, "times": n} for (s, d), n in sorted(_cache.counts.items())],
+        "compiled": [{"source": s, "device": d, "times": n, "seconds": round(_cache.seconds.get((s, d), 0.0), 4)}
+                     for (s, d), n in sorted(_cache.counts.items())],
     }
 
 
 # ------------------------------------------------------------------------------------------- launching
 
 def _device_scope(array):
-    """Launch on the array's own GPU (cupy arrays carry a Device usable as a context manager)."""
-    return array.device if core.device_of(array).kind == "cuda" else contextlib.nullcontext()
+    """Launch on the array's own GPU: cupy launches on the current device, whatever the arrays' device."""
+    return core.device_scope(array)
 
 
 def _launch_config(total: int, launch):

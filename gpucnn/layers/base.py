@@ -5,6 +5,9 @@ shapes, dtypes and device; ``backward`` overwrites ``grads`` in place so referen
 ``buffers`` (untrained state kept in checkpoints), ``need_input_grad`` (False: ``backward`` skips dx and
 returns None), ``output_shape(shape)`` (validates an input shape), and ``to(device)``.
 Layers only call ``xp`` and :mod:`gpucnn.devices.ops`, never create host arrays for device inputs and never sync.
+Every layer's ``forward`` and ``backward`` run inside the device scope of their first argument (an array of
+cuda:1 makes GPU 1 current, as CuPy needs; see :func:`gpucnn.devices.device_scope`): subclasses get this from
+``Layer.__init_subclass__`` without writing it.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import numbers
 
 import numpy as np
 
-from ..devices import CPU, DeviceMismatchError, device_of, get_array_module, get_device, to_cpu, to_device
+from ..devices import (CPU, DeviceMismatchError, device_of, device_scope, get_array_module, get_device, to_cpu,
+                       to_device)
 from ..devices import dlpack, ops
 from .init import INITS
 
@@ -92,11 +96,20 @@ def _accepting_foreign_arrays(method):
             args = tuple(dlpack.accept(a, owner) for a in args)
             kwargs = {k: dlpack.accept(v, owner) for k, v in kwargs.items()}
         return method(self, *args, **kwargs)
-    wrapper._accepts_foreign = True
     return wrapper
 
 
 # -------------------------------------------------------------------------------------------- base
+
+def _on_argument_device(method):
+    """method(self, a, ...) run with a's GPU current (no-op for host arrays and non-arrays)."""
+    @functools.wraps(method)
+    def run(self, a=None, *args, **kwargs):
+        with device_scope(a):
+            return method(self, *(() if a is None else (a,)), *args, **kwargs)
+    run.on_argument_device = True
+    return run
+
 
 class Layer:
     """Base class: parameter/gradient/buffer dicts, modes, device moves, state dicts and the input checks all
@@ -119,8 +132,9 @@ class Layer:
         super().__init_subclass__(**kwargs)
         for name in ("forward", "backward"):
             method = cls.__dict__.get(name)
-            if method is not None and not getattr(method, "_accepts_foreign", False):
-                setattr(cls, name, _accepting_foreign_arrays(method))
+            if method is not None and not getattr(method, "on_argument_device", False):
+                # another library's array becomes a gpucnn one first, so the scope is that of its device
+                setattr(cls, name, _accepting_foreign_arrays(_on_argument_device(method)))
 
     def __init__(self):
         self.params = {}
@@ -202,7 +216,8 @@ class Layer:
         if problem:
             raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model: {problem}")
         for k, v in targets.items():
-            v[...] = to_device(np.asarray(to_cpu(state[k]), dtype=v.dtype), device_of(v))
+            with device_scope(v):
+                v[...] = to_device(np.asarray(to_cpu(state[k]), dtype=v.dtype), device_of(v))
 
     # -- helpers for subclasses
     def _add_param(self, name, value):

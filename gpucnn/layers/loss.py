@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from ..devices import DeviceMismatchError, device_of, get_array_module, to_cpu, to_device
+from ..devices import DeviceMismatchError, device_of, device_scope, get_array_module, to_cpu, to_device
 from .base import Layer
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -144,23 +144,24 @@ class SoftmaxCrossEntropy(Layer):
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         p, safe, wy, smooth_w, valid, ignored, denom, n = self._cache
-        xp = get_array_module(p, wy)
-        dt = p.dtype.type
-        k = p.shape[1]
-        eps = self.label_smoothing
-        coef = wy if eps == 0 else dt(1 - eps) * wy                        # (N,)
-        onehot = xp.arange(k)[None, :] == safe[:, None]
-        grad = p * coef[:, None] - xp.where(onehot, coef[:, None], dt(0))
-        if eps > 0:
-            w = self._class_weights(p) if self.weight is not None else dt(1)
-            grad += dt(eps / k) * (p * smooth_w[:, None] - xp.where(smooth_w[:, None] == 0, dt(0), w))
-        grad = xp.where(valid[:, None], grad, dt(np.nan))
-        if self.reduction == "mean":
-            with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as the loss
-                dout = dout / denom
-        if getattr(dout, "ndim", 0) == 1:        # reduction='none': one dout per sample
-            if tuple(dout.shape) != (n,):
-                raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
-            dout = dout[:, None]
-        with np.errstate(invalid="ignore"):   # ignored samples' gradient is 0, also when every sample is
-            return xp.where(ignored[:, None], dt(0), grad * dout)
+        with device_scope(p):   # dout may be a Python number: the device is the forward pass's
+            xp = get_array_module(p, wy)
+            dt = p.dtype.type
+            k = p.shape[1]
+            eps = self.label_smoothing
+            coef = wy if eps == 0 else dt(1 - eps) * wy                        # (N,)
+            onehot = xp.arange(k)[None, :] == safe[:, None]
+            grad = p * coef[:, None] - xp.where(onehot, coef[:, None], dt(0))
+            if eps > 0:
+                w = self._class_weights(p) if self.weight is not None else dt(1)
+                grad += dt(eps / k) * (p * smooth_w[:, None] - xp.where(smooth_w[:, None] == 0, dt(0), w))
+            grad = xp.where(valid[:, None], grad, dt(np.nan))
+            if self.reduction == "mean":
+                with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as the loss
+                    dout = dout / denom
+            if getattr(dout, "ndim", 0) == 1:        # reduction='none': one dout per sample
+                if tuple(dout.shape) != (n,):
+                    raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
+                dout = dout[:, None]
+            with np.errstate(invalid="ignore"):   # ignored samples' gradient is 0, also when every sample is
+                return xp.where(ignored[:, None], dt(0), grad * dout)

@@ -20,11 +20,12 @@ def clip_grad_norm(grads, max_norm: float):
     gs, xp = _grad_list(grads)
     if not gs:
         return xp.asarray(0.0)
-    norms = xp.stack([xp.linalg.norm(g.ravel()) for g in gs])
-    total = xp.asarray(xp.linalg.norm(norms))
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in gs:
-        g *= coef
+    with devices.device_scope(gs[0]):
+        norms = xp.stack([xp.linalg.norm(g.ravel()) for g in gs])
+        total = xp.asarray(xp.linalg.norm(norms))
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        for g in gs:
+            g *= coef
     return total
 
 
@@ -33,4 +34,5 @@ def grads_finite(grads):
     gs, xp = _grad_list(grads)
     if not gs:
         return xp.asarray(True)
-    return xp.asarray(xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in gs])))
+    with devices.device_scope(gs[0]):
+        return xp.asarray(xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in gs])))

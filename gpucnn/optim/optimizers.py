@@ -119,11 +119,13 @@ class Optimizer:
         for xp, p, g, st in jobs:
             st["step"] += 1
             if not self._state_fields() <= set(st):
-                self._init_state(xp, p, st)
+                with devices.device_scope(p):
+                    self._init_state(xp, p, st)
         run = lambda job: self._step(*job, lr)
         if any(devices.is_gpu_array(job[1]) for job in jobs):
             for job in jobs:
-                run(job)
+                with devices.device_scope(job[1]):   # each parameter's own GPU current (cuda:N)
+                    run(job)
         else:
             for job in jobs:
                 for block in _blocks(*job):

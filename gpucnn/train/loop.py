@@ -234,28 +234,33 @@ def _append_metrics(path, row):
 def evaluate(model, loader, loss_layer=None):
     """(mean loss, accuracy, confusion matrix) of the model on every batch of the loader, in eval mode.
 
-    The confusion matrix is a host int64 array, rows = true class, columns = predicted class. Sums stay on
-    the device until the end: one device-to-host transfer in all.
+    The confusion matrix is a host int64 array, rows = true class, columns = predicted class. The sums and
+    counts stay on the device until the end: one device-to-host transfer (and host sync) per evaluation. The
+    counts are scattered with ``add.at`` (integer atomics on a GPU: exact and order-independent), not with
+    ``bincount``, which reads back twice per call on CuPy (cupy/_statistics/histogram.py).
     """
     from ..layers import SoftmaxCrossEntropy
     loss_layer = loss_layer or SoftmaxCrossEntropy()
-    loss_sum = counts = None
+    loss_sum = counts = ones = None
     n = 0
     k = None
     for x, y in loader:
-        logits = model.forward(x, train=False)
-        xp = devices.get_array_module(logits)
-        if counts is None:
-            k = int(logits.shape[1])
-            loss_sum = xp.zeros((), dtype=xp.float64)
-            counts = xp.zeros(k * k, dtype=xp.int64)
-        loss_sum += loss_layer.forward(logits, y) * x.shape[0]
-        counts += xp.bincount(y.astype(xp.int64) * k + xp.argmax(logits, axis=1), minlength=k * k)
+        with devices.device_scope(x):
+            logits = model.forward(x, train=False)
+            xp = devices.get_array_module(logits)
+            if counts is None:
+                k = int(logits.shape[1])
+                loss_sum = xp.zeros((), dtype=xp.float64)
+                counts = xp.zeros(k * k, dtype=xp.int64)
+            if ones is None or ones.shape[0] < x.shape[0]:
+                ones = xp.ones(int(x.shape[0]), dtype=xp.int64)
+            loss_sum += loss_layer.forward(logits, y) * x.shape[0]
+            xp.add.at(counts, y.astype(xp.int64) * k + xp.argmax(logits, axis=1), ones[:x.shape[0]])
         n += int(x.shape[0])
     if counts is None:
         raise ValueError("evaluate: the loader yielded no batches")
-    xp = devices.get_array_module(counts)
-    host = to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
+    with devices.device_scope(counts):
+        host = to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
     confusion = host[:-1].astype(np.int64).reshape(k, k)
     return float(host[-1]) / n, float(np.trace(confusion)) / n, confusion
 
@@ -304,7 +309,8 @@ def train(config: TrainConfig, log=print) -> dict:
     last_plot = start
     result = (None, None, None)
     for epoch in range(run.start_epoch, run.config.epochs + 1):
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # NaN/inf are caught and
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), \
+                devices.device_scope(run.device):                              # NaN/inf are caught and
             train_stats = run.train_epoch(epoch)                               # reported by the fault check
             result = evaluate(run.model, run.test_loader, run.loss_layer)
         run.end_epoch(epoch, train_stats, result)
@@ -358,7 +364,8 @@ class _Run:
         self.xp = self.device.xp
         self.progress = Progress(interval=config.log_every)
         self.skip_mode = config.on_nonfinite == "skip"
-        self.first_bad = self.xp.full((), -1, dtype=self.xp.int64)  # first global step with a NaN/inf
+        with devices.device_scope(self.device):
+            self.first_bad = self.xp.full((), -1, dtype=self.xp.int64)  # first global step with a NaN/inf
         self._announce(saved)
 
     def _restore(self, saved):
