@@ -1,4 +1,5 @@
 """The wheel carries the CUDA sources, and an installed copy (outside the checkout) finds and runs them."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory):
     pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy without build/ or *.egg-info/: a stale build folder in the checkout would put modules in
+    # the wheel that the package list no longer names
+    src = tmp_path_factory.mktemp("src") / "gpucnn"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
+                                                              "__pycache__", ".pytest_cache", "benchmarks"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
+                    str(src)], check=True, capture_output=True, text=True, timeout=300)
     (whl,) = out.glob("gpucnn-*.whl")
     return whl
 
