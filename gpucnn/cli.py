@@ -1,4 +1,5 @@
-"""The ``gpucnn`` command: ``train``, ``eval``, ``predict``, ``bench``, ``info`` and ``models``.
+"""The ``gpucnn`` command: ``train``, ``eval``, ``predict``, ``bench``, ``info``, ``models`` and ``export``
+(:mod:`gpucnn.cli_interop`, which also runs ``eval --onnx``).
 
 Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GPU for ``--device cuda``, a
 run that diverges; ValueError, OSError and the library's own errors) end with ``gpucnn: error: ...`` on
@@ -31,9 +32,10 @@ def _user_errors() -> tuple:
     from . import train
     from .train import checkpoint
     from .devices import CudaUnavailableError
+    from .interop import MissingDependencyError
     # TypeError is not here: command-line input arrives as strings, so a TypeError is a bug (traceback).
     errors = [UsageError, CudaUnavailableError, checkpoint.CheckpointError, train.NumericalFaultError,
-              ValueError, OSError]
+              ValueError, OSError, MissingDependencyError]
     try:
         from .data import DatasetError
         errors.append(DatasetError)
@@ -84,7 +86,7 @@ def _bench_model_name(text):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import __version__, bench, optim
+    from . import __version__, bench, cli_interop, optim
     from .train import NONFINITE_MODES, TrainConfig
     from .train.metrics import SELECT
     d = TrainConfig()
@@ -143,10 +145,12 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on a data set",
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a data set (or an exported ONNX file)",
                        description="Accuracy and confusion matrix of a saved model on a split of its data set or "
-                                   "of any data set it can take.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint.npz or best.npz written by gpucnn train")
+                                   "of any data set it can take; or of an exported ONNX file on the test split.")
+    model_source = e.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--checkpoint", help="a checkpoint.npz or best.npz written by gpucnn train")
+    cli_interop.add_eval_onnx_argument(model_source)
     e.add_argument("--dataset", metavar="DATA", help=_dataset_help() + " (default: the run's)")
     e.add_argument("--split", type=_lower, choices=("test", "val", "train"), default="test",
                    help="which split to score (default test; val is carved as the run carved it)")
@@ -191,6 +195,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices, CUDA and kernel status")
     sub.add_parser("models", help="the models and their parameter counts")
+    cli_interop.add_export_parser(sub)
     return parser
 
 
@@ -222,6 +227,9 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------- eval, predict
 
 def _cmd_eval(args) -> int:
+    if args.onnx is not None:
+        from .cli_interop import cmd_eval_onnx
+        return cmd_eval_onnx(args, confusion_table)
     from .data import DataLoader
     from .train import evaluate, inputs
     from .train.predict import data_meta, load_model
@@ -440,8 +448,13 @@ def _setup_logging():
         logger.addHandler(_ConsoleHandler())
 
 
+def _cmd_export(args) -> int:
+    from .cli_interop import cmd_export
+    return cmd_export(args)
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "bench": _cmd_bench,
-            "info": _cmd_info, "models": _cmd_models}
+            "info": _cmd_info, "models": _cmd_models, "export": _cmd_export}
 
 
 def main(argv=None) -> int:

@@ -183,7 +183,7 @@ def test_the_trainer_and_evaluate_switch_modes_and_eval_mode_is_deterministic(ar
     np.testing.assert_array_equal(model.buffers["1.running_mean"], stats)
     model.train()
     assert not np.array_equal(model(xb), model(xb))         # dropout draws new masks in training mode
-    # evaluate puts a training-mode model in eval mode for its passes, then back
+    # evaluate runs a training-mode model's passes in eval mode, and leaves its mode as it was
     loader = gpucnn.DataLoader((test[0].transpose(0, 3, 1, 2), test[1]), batch_size=48, shuffle=False)
     loss, acc, _ = evaluate(model, loader)
     assert model.training

@@ -7,8 +7,8 @@ gradient is noted on the device and the epoch stops at the next read-back with N
 ``"skip"`` such steps are skipped (no update, batch-norm statistics restored) and counted, which reads one
 flag back per step (a host sync per step, on a GPU only in this mode).
 
-The loop switches the model's mode itself: ``model.train()`` for an epoch, ``model.eval()`` inside
-:func:`evaluate` (the mode the model had is restored after it).
+The loop sets the model's mode itself: ``model.train()`` for an epoch; :func:`evaluate` runs every batch in
+eval mode (``forward(x, train=False)``) and leaves the model's own mode as it was.
 """
 from __future__ import annotations
 
@@ -34,7 +34,9 @@ NONFINITE_MODES = ("stop", "skip")
 def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluation"):
     """(mean loss, accuracy, confusion matrix) of the model on every batch of the loader, in eval mode.
 
-    The model is put in eval mode (running statistics, no dropout) and back in the mode it had. The confusion
+    Every batch runs as ``model.forward(x, train=False)`` (running statistics, no dropout), whatever the
+    model's own mode, which is left as it was; `model` may be any object with that method (an ONNX session
+    wrapper, say). The confusion
     matrix is a host int64 array, rows = true class, columns = predicted class. The sums and counts stay on the
     device until the end: one device-to-host transfer (and host sync) per evaluation. The counts are scattered
     with ``add.at`` (integer atomics on a GPU: exact and order-independent), not with ``bincount``, which reads
@@ -45,14 +47,12 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
     loss_layer = loss_layer or SoftmaxCrossEntropy()
     loss_sum = counts = ones = None
     n = k = 0
-    was_training = model.training
-    model.eval()
     if progress is not None:
         progress.begin(head, len(loader))
     try:
         for i, (x, y) in enumerate(loader):
             with devices.device_scope(x):
-                logits = model(x)
+                logits = model.forward(x, train=False)
                 xp = devices.get_array_module(logits)
                 if counts is None:
                     k = int(logits.shape[1])
@@ -66,7 +66,6 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
             if progress is not None and progress.due():
                 progress.show(i + 1)
     finally:
-        model.train(was_training)
         if progress is not None:
             progress.clear()
     if counts is None:
