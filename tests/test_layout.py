@@ -15,6 +15,7 @@ ALLOWED = {
     "atomic": set(),
     "models": {"layers", "devices"},
     "interop": {"layers", "devices", "models", "atomic"},
+    "distributed": {"layers", "data", "devices", "atomic"},
 }
 
 

@@ -1,4 +1,5 @@
-"""The DataLoader: per-epoch shuffling from (seed, epoch), crop/flip augmentation, normalisation, transfer."""
+"""The DataLoader: per-epoch shuffling from (seed, epoch), crop/flip augmentation, normalisation, transfer, and
+the share of each batch that one process of a data-parallel run takes (:func:`shard_bounds`)."""
 from __future__ import annotations
 
 from typing import Iterator, Protocol
@@ -12,6 +13,17 @@ from .datasets import Dataset, channel_stats
 # -------------------------------------------------------------------------------------------- loader
 
 AUGMENTATIONS = ("crop", "flip")
+
+
+def shard_bounds(total: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, stop): the rows of a batch of `total` examples that process `rank` of `world` takes.
+
+    Contiguous, in rank order, as even as can be: the first ``total % world`` processes take one example more
+    (numpy.array_split's rule). A process takes none when ``total < world`` and ``rank >= total``.
+    """
+    base, extra = divmod(int(total), int(world))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
 
 
 class Loader(Protocol):
@@ -45,10 +57,17 @@ class DataLoader:
     ``normalize=False``); float images are taken as already scaled to [0, 1]. mean/std come from the Dataset,
     the arguments, or are computed from the images given. ``limit`` keeps the first n examples. Images and
     labels given as device arrays are copied to the host once (batches are made there and sent to `device`).
+
+    ``shard=(rank, world)``: the loader of one process of a data-parallel run. The batches, their order and
+    their crops and flips are those of the whole loader (``batch_size`` is the global batch); each one yields
+    only the rows :func:`shard_bounds` gives the process. A process whose share of a batch is empty (a last
+    batch smaller than `world`) gets the batch's first example instead when ``pad_shards`` (so that every
+    process runs every step; its trainer gives that example no weight), else nothing for that batch.
     """
 
     def __init__(self, data, batch_size=128, shuffle=True, seed=0, normalize=True, augment=(), device="cpu",
-                 drop_last=False, dtype=np.float32, limit=None, pad=None, mean=None, std=None):
+                 drop_last=False, dtype=np.float32, limit=None, pad=None, mean=None, std=None, shard=None,
+                 pad_shards=True):
         if isinstance(data, Dataset):
             images, labels = data.images, data.labels
             mean = data.mean if mean is None else mean
@@ -89,6 +108,13 @@ class DataLoader:
         self.device = get_device(device)
         self.epoch = 0
         self._scale, self._shift = self._normalisation(normalize, mean, std)
+        if shard is not None:
+            rank, world = (int(v) for v in shard)
+            if not 0 <= rank < world:
+                raise ValueError(f"DataLoader({self.name}): shard must be (rank, world) with 0 <= rank < world, "
+                                 f"got {tuple(shard)}")
+            shard = (rank, world)
+        self.shard, self.pad_shards = shard, bool(pad_shards)
 
     def _normalisation(self, normalize, mean, std):
         """Per-channel (scale, shift) with x_out = x * scale - shift, as (1, C, 1, 1) arrays of self.dtype."""
@@ -117,30 +143,61 @@ class DataLoader:
         """Make the next iteration run epoch `epoch` (its order and augmentation)."""
         self.epoch = int(epoch)
 
+    def batch_sizes(self) -> list[int]:
+        """The number of examples of each batch of an epoch, every process's share together."""
+        n = len(self.labels)
+        stop = n - n % self.batch_size if self.drop_last else n
+        return [min(self.batch_size, stop - start) for start in range(0, stop, self.batch_size)]
+
     def order(self, epoch: int) -> np.ndarray:
         """The example indices of an epoch, in the order they are served."""
         n = len(self.labels)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
+    def draws(self, epoch: int) -> np.ndarray:
+        """What epoch `epoch` serves, in order: an (examples served, 4) int32 table of (example index, crop row
+        offset, crop column offset, mirrored) per example, all drawn from ``default_rng([seed, epoch])``: the
+        permutation first, then per batch its crop offsets (0..2*pad, rows then columns) and its flips."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.labels)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        stop = n - n % self.batch_size if self.drop_last else n
+        table = np.zeros((stop, 4), np.int32)
+        table[:, 0] = order[:stop]
+        for start in range(0, stop, self.batch_size):
+            rows = table[start:start + self.batch_size]
+            if "crop" in self.augment:
+                rows[:, 1:3] = rng.integers(0, 2 * self.pad + 1, size=(2, len(rows))).T
+            if "flip" in self.augment:
+                rows[:, 3] = rng.random(len(rows)) < 0.5
+        return table
+
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        return self._batches(epoch)
+        return self._batches(self.draws(epoch))
 
-    def _batches(self, epoch):
-        rng = np.random.default_rng([self.seed, epoch])
-        n = len(self.labels)
-        idx = rng.permutation(n) if self.shuffle else None
-        stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            sel = slice(start, min(start + self.batch_size, n)) if idx is None else idx[start:start + self.batch_size]
-            x = self.images[sel]
-            y = self.labels[sel]
+    def _batches(self, draws):
+        for start in range(0, len(draws), self.batch_size):
+            rows = self._share(draws[start:start + self.batch_size])
+            if rows is None:
+                continue
+            x = self.images[rows[:, 0]]
             if "crop" in self.augment:
-                x = self._crop(x, rng)
+                x = self._crop(x, rows[:, 1], rows[:, 2])
             if "flip" in self.augment:
-                x = self._flip(x, rng)
+                x = np.where(rows[:, 3, None, None, None] != 0, x[..., ::-1], x)
+            y = self.labels[rows[:, 0]]
             yield to_device(self._normalise(x), self.device), to_device(np.ascontiguousarray(y), self.device)
+
+    def _share(self, rows):
+        """This process's rows of a batch's draws (see the class doc), or None when it takes nothing."""
+        if self.shard is None:
+            return rows
+        start, stop = shard_bounds(len(rows), *self.shard)
+        if stop > start:
+            return rows[start:stop]
+        return rows[:1] if self.pad_shards else None
 
     def _normalise(self, x):
         out = np.empty(x.shape, self.dtype)
@@ -148,21 +205,17 @@ class DataLoader:
         np.subtract(out, self._shift, out=out)
         return out
 
-    def _crop(self, x, rng):
-        """Random crops of the zero-padded images, same size as the input (offsets in 0..2*pad)."""
+    def _crop(self, x, dy, dx):
+        """Crops of the zero-padded images, same size as the input, at row offsets dy and column offsets dx
+        (each in 0..2*pad)."""
         p = self.pad
         b, c, h, w = x.shape
         padded = np.zeros((b, c, h + 2 * p, w + 2 * p), x.dtype)
         padded[:, :, p:p + h, p:p + w] = x
-        dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
         windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
         return windows[np.arange(b), :, dy, dx]
 
-    def _flip(self, x, rng):
-        """Each image mirrored left-right with probability 1/2."""
-        mask = rng.random(len(x)) < 0.5
-        return np.where(mask[:, None, None, None], x[..., ::-1], x)
-
     def __repr__(self):
+        shard = f", shard={self.shard}" if self.shard else ""
         return (f"DataLoader({self.name}, {self.num_examples} examples, batch_size={self.batch_size}, "
-                f"shuffle={self.shuffle}, augment={self.augment}, device={self.device})")
+                f"shuffle={self.shuffle}, augment={self.augment}, device={self.device}{shard})")

@@ -10,8 +10,8 @@ emulated device with the core.
 """
 from . import core, counters, cuda, emulated, emulator
 from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, DeviceMismatchError, DeviceTimer,
-                   device_of, device_scope, get_array_module, get_device, get_rng_state, host_rng, is_gpu_array,
-                   random_uniform, seed, set_rng_state, synchronize, to_cpu, to_device)
+                   batch_rows, device_of, device_scope, get_array_module, get_device, get_rng_state, host_rng,
+                   is_gpu_array, random_uniform, seed, set_rng_state, synchronize, to_cpu, to_device)
 from .counters import DeviceOpCounts, count_device_ops, transfer_stats
 from .cuda import cuda_status, cupy_module
 from .dlpack import from_dlpack
@@ -25,7 +25,7 @@ core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.Emul
                                                                                   device=index))
 
 __all__ = ["CPU", "EMULATED", "DEVICE_ENV", "CudaUnavailableError", "Device", "DeviceMismatchError",
-           "DeviceOpCounts", "DeviceTimer", "EmulatedArray", "count_device_ops", "counters", "cuda", "cuda_status",
-           "cupy_module", "device_of", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
+           "DeviceOpCounts", "DeviceTimer", "EmulatedArray", "batch_rows", "count_device_ops", "counters", "cuda",
+           "cuda_status", "cupy_module", "device_of", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
            "get_device", "get_rng_state", "host_rng", "is_gpu_array", "random_uniform", "seed", "set_rng_state",
            "synchronize", "to_cpu", "to_device", "transfer_stats"]

@@ -297,6 +297,8 @@ class _RNG:
     def seed(self, n):
         self.host = np.random.default_rng(n)
         self.devices = {}
+        self.rows = None   # (total, start, stop) while a process draws for its share of a batch
+
 
     def on(self, dev: Device):
         g = self.devices.get(dev)
@@ -328,13 +330,39 @@ def host_rng() -> np.random.Generator:
 
 
 def random_uniform(shape, like, dtype=None):
-    """Uniform [0, 1) samples on the same device as `like` (used for dropout masks)."""
+    """Uniform [0, 1) samples on the same device as `like` (used for dropout masks).
+
+    Inside :func:`batch_rows` a draw whose first dimension is the share's length draws for the whole batch
+    and returns the share's rows."""
     dtype = np.dtype(dtype or like.dtype)
     dev = device_of(like)
+    shape = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
+    rows = _rng.rows
+    if rows is not None and shape and shape[0] == rows[2] - rows[1]:
+        total, start, stop = rows
+        _rng.rows = None
+        try:
+            return random_uniform((total,) + shape[1:], like, dtype)[start:stop]
+        finally:
+            _rng.rows = rows
     if dev.is_gpu:
         with device_scope(dev):
             return _rng.on(dev).random(shape, dtype=dtype)
     return _rng.host.random(shape, dtype=dtype if dtype in (np.float32, np.float64) else np.float64)
+
+
+def batch_rows(rows=None):
+    """Draw for a share of a batch: with ``rows=(total, start, stop)``, :func:`random_uniform` draws of a
+    shape ``(stop - start, ...)`` (a dropout mask of the share) draw ``(total, ...)`` and return rows
+    start:stop, so each process of a data-parallel run draws what one process holding the whole batch would,
+    and every process's generators stay in the same state. ``None`` ends it. (Set per step by
+    gpucnn.distributed; cleared by :func:`seed` and :func:`set_rng_state` too.)"""
+    if rows is not None:
+        total, start, stop = (int(v) for v in rows)
+        if not 0 <= start <= stop <= total:
+            raise ValueError(f"batch_rows: expected 0 <= start <= stop <= total, got {tuple(rows)}")
+        rows = (total, start, stop)
+    _rng.rows = rows
 
 
 def get_rng_state() -> dict:
@@ -348,3 +376,4 @@ def set_rng_state(state: dict):
     bg.state = state
     _rng.host = np.random.Generator(bg)
     _rng.devices = {}
+    _rng.rows = None

@@ -65,3 +65,102 @@ def compile_module(code: str, options: tuple, index: int):
     cp = cupy_module()
     with cp.cuda.Device(index):
         return cp.RawModule(code=code, options=options)
+
+
+# ------------------------------------------------------------------------------------------------ NCCL
+
+# dtypes NCCL reduces (ncclDataType_t), by numpy name, with cupy.cuda.nccl's constant for each
+NCCL_DTYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32", "int64": "NCCL_INT64",
+               "float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
+
+
+@functools.lru_cache(maxsize=None)
+def nccl_status() -> tuple[bool, str]:
+    """(usable, explanation): whether cupy's NCCL binding loaded libnccl (the nvidia-nccl-cu12/cu13 wheel, or
+    a system NCCL), and its version, or why not."""
+    ok, why = cuda_status()
+    if not ok:
+        return False, why
+    import warnings
+    with warnings.catch_warnings():   # cupy warns at import when libnccl is missing; the reason is said here
+        warnings.simplefilter("ignore")
+        try:
+            from cupy.cuda import nccl
+        except Exception as e:
+            return False, f"cupy.cuda.nccl cannot be imported ({type(e).__name__}: {e})"
+    if not getattr(nccl, "available", False):
+        return False, ("libnccl could not be loaded: install the NCCL wheel matching cupy "
+                       "(pip install 'gpucnn[distributed-cuda12]' or 'gpucnn[distributed-cuda13]')")
+    return True, f"NCCL {nccl.get_version()}"
+
+
+def check_collective_operand(a, index: int, current: int, what: str):
+    """ValueError unless `a` can go to a device collective of the communicator of GPU `index` while GPU
+    `current` is current: C-contiguous, of a dtype in NCCL_DTYPES, on that GPU (NCCL reads and writes the
+    buffer in place, on the current device's stream)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{what}: expected a C-contiguous array, got strides {a.strides} for shape {a.shape}")
+    if a.dtype.name not in NCCL_DTYPES:
+        raise ValueError(f"{what}: NCCL does not reduce {a.dtype} arrays (expected one of {', '.join(NCCL_DTYPES)})")
+    where = a.device.id
+    if where != index or current != index:
+        raise ValueError(f"{what}: the communicator is on GPU {index}, but the array is on GPU {where} with GPU "
+                         f"{current} current")
+
+
+class NcclComm:
+    """One process's NCCL communicator on GPU `index` (cupy.cuda.nccl.NcclCommunicator): the device half of
+    gpucnn.distributed's communicator. Collectives run in place on cupy arrays, on the current stream, without
+    waiting: :meth:`marker` tells when the work queued so far is done.
+
+    `uid` is :func:`nccl_unique_id`'s value on process 0, broadcast to the others (bytes on CuPy 14, a tuple of
+    128 ints on CuPy 13: each version's NcclCommunicator takes back what its get_unique_id gave).
+    """
+
+    def __init__(self, size: int, uid, rank: int, index: int):
+        from cupy.cuda import nccl
+        cp = cupy_module()
+        self._nccl, self._cp, self.index, self.size = nccl, cp, int(index), int(size)
+        with cp.cuda.Device(self.index):
+            self._comm = nccl.NcclCommunicator(int(size), uid, int(rank))
+
+    def _args(self, a, what):
+        check_collective_operand(a, self.index, self._cp.cuda.Device().id, f"NCCL {what}")
+        return a.data.ptr, a.size, getattr(self._nccl, NCCL_DTYPES[a.dtype.name])
+
+    def _stream(self):
+        return self._cp.cuda.get_current_stream().ptr
+
+    def all_reduce(self, a):
+        """a <- the sum of every process's a, in place."""
+        ptr, n, dtype = self._args(a, "all_reduce")
+        self._comm.allReduce(ptr, ptr, n, dtype, self._nccl.NCCL_SUM, self._stream())
+
+    def all_gather(self, a):
+        """Every process's a stacked: a new array (size, *a.shape) on the same GPU."""
+        ptr, n, dtype = self._args(a, "all_gather")
+        out = self._cp.empty((self.size,) + tuple(a.shape), a.dtype)
+        self._comm.allGather(ptr, out.data.ptr, n, dtype, self._stream())
+        return out
+
+    def broadcast(self, a, root: int = 0):
+        """a <- process `root`'s a, in place."""
+        ptr, n, dtype = self._args(a, "broadcast")
+        self._comm.bcast(ptr, n, dtype, int(root), self._stream())
+
+    def marker(self):
+        """A function telling whether the work queued on the current stream so far has finished (a CUDA event:
+        asking does not wait)."""
+        event = self._cp.cuda.Event(block=False, disable_timing=True)
+        event.record()
+        return lambda: event.done
+
+    def abort(self):
+        """End the communicator at once, releasing collectives that wait for a process that will never come."""
+        self._comm.abort()
+
+
+def nccl_unique_id():
+    """A new NCCL unique id (on process 0, to broadcast to the others)."""
+    from cupy.cuda import nccl
+    return nccl.get_unique_id()

@@ -8,7 +8,12 @@ from .base import Layer, _dtype_arg, _float_arg, _int_arg
 
 class _BatchNorm(Layer):
     """Batch normalisation over every axis but the channel axis 1, with PyTorch's running statistics:
-    biased variance normalises the batch, the unbiased one goes into running_var; eval uses running stats."""
+    biased variance normalises the batch, the unbiased one goes into running_var; eval uses running stats.
+
+    ``sync``: None, or (set by :class:`gpucnn.distributed.DataParallel` while it trains) an object with
+    ``counts`` (the number of examples of every process's share of the current batch) and ``allgather(a)``
+    (a's of every process stacked, ``(world, *a.shape)``): training mode then normalises over the batch of every
+    process together, as torch.nn.SyncBatchNorm does, so the statistics are those of the whole batch."""
 
     _layout = ""
 
@@ -25,6 +30,7 @@ class _BatchNorm(Layer):
         self._add_param("beta", np.zeros(self.num_features, dtype))
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype)
         self.buffers["running_var"] = np.ones(self.num_features, dtype)
+        self.sync = None
 
     def __repr__(self):
         return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
@@ -47,8 +53,9 @@ class _BatchNorm(Layer):
         train = self._mode(train)
         axes, bshape = self._axes_and_bshape(x)
         m = x.size // self.num_features
+        sync = self.sync if train else None
         if train:
-            if m < 2:
+            if m < 2 and sync is None:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
                                  f"got input shape {tuple(x.shape)}")
             # Statistics of x minus one of its own values per channel: a large common offset then cancels
@@ -58,7 +65,10 @@ class _BatchNorm(Layer):
             shifted_mean = xc.mean(axis=axes, keepdims=True)
             xc -= shifted_mean
             mean = shift + shifted_mean
-            var = (xc * xc).mean(axis=axes, keepdims=True)
+            if sync is None:
+                var = (xc * xc).mean(axis=axes, keepdims=True)
+            else:
+                mean, var, xc, m = self._synced_stats(xp, x, mean, xc, axes, bshape, sync)
             mom = self.momentum
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm *= 1 - mom
@@ -71,11 +81,30 @@ class _BatchNorm(Layer):
         invstd = 1 / xp.sqrt(var + self.eps)
         xhat = xc * invstd
         y = xhat * self.params["gamma"].reshape(bshape) + self.params["beta"].reshape(bshape)
-        return self._save((xhat, invstd, train), y)
+        return self._save((xhat, invstd, train, m, sync), y)
+
+    def _synced_stats(self, xp, x, mean, xc, axes, bshape, sync):
+        """(mean, biased variance, x - mean, values per channel) over the batches of every process, from each
+        one's count, mean and sum of squared deviations (`mean`, `xc` = x minus it), combined in process order by
+        Chan, Golub and LeVeque's rule (Algorithms for computing the sample variance, 1983): the mean is the
+        count-weighted mean of the means, and M2 = sum of (M2_p + n_p (mean_p - mean)^2). Every process gets the
+        same numbers. A process counted as 0 (its batch is padding) adds nothing."""
+        c = self.num_features
+        per_example = x.size // (x.shape[0] * c)
+        counts = [int(n) * per_example for n in sync.counts]
+        total = sum(counts)
+        if total < 2:
+            raise ValueError(f"{self!r}: expected more than 1 value per channel when training, got "
+                             f"{total} over the batches of all {len(counts)} processes")
+        every = sync.allgather(xp.concatenate([mean.reshape(-1), (xc * xc).sum(axis=axes)]))
+        shares = [(every[p, :c], every[p, c:], n) for p, n in enumerate(counts) if n]
+        mean = sum(m_p * (n / total) for m_p, _, n in shares)
+        m2 = sum(m2_p + n * (m_p - mean) ** 2 for m_p, m2_p, n in shares)
+        return mean.reshape(bshape), (m2 / total).reshape(bshape), x - mean.reshape(bshape), total
 
     def backward(self, dout):
-        xhat, invstd, train = self._saved(dout)
-        self._xp(dout, xhat, *self.params.values())
+        xhat, invstd, train, m, sync = self._saved(dout)
+        xp = self._xp(dout, xhat, *self.params.values())
         axes, bshape = self._axes_and_bshape(xhat)
         dbeta = dout.sum(axis=axes)
         dgamma = (dout * xhat).sum(axis=axes)
@@ -86,7 +115,9 @@ class _BatchNorm(Layer):
         scale = self.params["gamma"].reshape(bshape) * invstd
         if not train:
             return dout * scale
-        m = xhat.size // self.num_features
+        if sync is not None:   # the sums over every process's batch (the gradients keep this process's own)
+            total = sync.allgather(xp.concatenate([dbeta, dgamma])).sum(axis=0)
+            dbeta, dgamma = total[:self.num_features], total[self.num_features:]
         return scale * (dout - dbeta.reshape(bshape) / m - xhat * (dgamma.reshape(bshape) / m))
 
 

@@ -12,6 +12,13 @@ a metrics.jsonl row, a log line; a numerical fault stops the run before its epoc
 highest accuracy, ``select="acc"``), early stopping counts epochs without improvement of that metric, and the
 test split is scored once at the end with the selected weights (and each epoch on request); without it, the
 test split is scored each epoch as the run's only measure.
+
+Data-parallel (``distributed=True`` in every process of an MPI job, see :mod:`gpucnn.distributed`): the batch
+size is the global batch and each process trains on its share of every batch (and of the epoch's crops, flips
+and dropout draws), so the run is the single-process run to float rounding; the processes evaluate their shares
+of the validation and test data and sum the counts; process 0 alone checks and reads the run folder (broadcasting
+the checkpoint to the others) and writes its files and log lines. Checkpoints are those of a single-process run
+(the same step, random state and metrics), so ``--resume`` may use another number of processes.
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ RUN_DEFINING = ("model", "dataset", "batch_size", "optimizer", "weight_decay", "
                 "seed", "limit_train", "augment", "val_split")
 # What a setting missing from an older checkpoint meant: before parameter groups every parameter was decayed.
 LEGACY = {"decay_all": True}
+# Settings of how a run is launched, not of the run: never saved with it (a run may resume otherwise).
+LAUNCH_ONLY = ("resume", "overwrite", "distributed", "timeout")
 
 PLOT_INTERVAL = 60.0  # seconds: pictures are redrawn at an epoch end at most this often, and at the end
 
@@ -107,7 +116,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         select: str = "loss", test_every_epoch: bool = False, out=None, resume: bool = False,
         overwrite: bool = False, device=None, seed: int = 0, on_nonfinite: str = "stop",
         limit_train: int | None = None, limit_test: int | None = None, data_dir=None, download: bool = True,
-        log=print, log_every: float | None = None, settings: dict | None = None) -> History:
+        log=print, log_every: float | None = None, settings: dict | None = None, distributed=False,
+        sync_batch_norm: bool = True) -> History:
     """Train `model` on `train` and return its :class:`~gpucnn.train.metrics.History`.
 
     model: a Layer (trained in place), a zoo name ("lenet5"), "path/to/file.py:function", "module:function" or
@@ -129,9 +139,15 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         "cuda", "emulated", "auto" or None ($GPUCNN_DEVICE, else auto). seed: everything random.
     on_nonfinite: "stop" (NumericalFaultError) or "skip" NaN/inf steps. log: called with each line (None:
         silent); log_every: seconds between progress redraws on stderr. settings: more entries for config.json.
+    distributed: True (in every process of an MPI job: data-parallel training, see the module doc; a job of one
+        process trains as without it), or a communicator from :func:`gpucnn.distributed.init` (to set its
+        timeout). sync_batch_norm: with distributed, batch norm normalises over the whole batch (False: each
+        process's share, which no longer trains as one process does). `device` "cuda", "emulated" or "auto"
+        then means the GPU of the process's rank on its machine.
 
     Raises ValueError (bad settings, data or model; an existing run without resume/overwrite),
-    DatasetError, CheckpointError, NumericalFaultError.
+    DatasetError, CheckpointError, NumericalFaultError; distributed: DistributedError (no mpi4py or MPI),
+    RootFailed (on the other processes when process 0 could not open the run folder).
     """
     log = log or (lambda line: None)
     lower = lambda v: v.strip().lower() if isinstance(v, str) else v
@@ -141,22 +157,25 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
                 log_every=log_every, on_nonfinite=on_nonfinite, select=select, schedule=schedule,
                 optimizer=optimizer, seed=seed))
     _inputs.model_name(model)  # an unknown model name fails before any data is read
-    folder = None
-    if out is not None:
-        folder = RunFolder(out, resume=resume, overwrite=overwrite)
-        folder.check()
-    elif resume:
+    if out is None and resume:
         raise ValueError("resume needs the run folder (out) to resume from")
-    saved = load_checkpoint(folder.checkpoint) if resume else None
-
-    dev = devices.get_device(device)
+    comm = _communicator(distributed)
+    folder = None if out is None else RunFolder(out, resume=resume, overwrite=overwrite,
+                                                writes=comm is None or comm.rank == 0)
+    opening = lambda: _open_run(folder, resume)
+    saved = opening() if comm is None else comm.on_root(opening)   # process 0 alone reads the folder
+    if comm is None:
+        dev = devices.get_device(device)
+    else:
+        comm, dev = comm.for_device(device)
+        log = log if comm.rank == 0 else (lambda line: None)
     devices.seed(seed)
     data = _inputs.prepare(train, validation, test, seed=seed, limit_train=limit_train, limit_test=limit_test,
                            data_dir=data_dir, download=download)
     if early_stopping and data.val is None:
         raise ValueError("early-stop needs validation data: add --val-split 0.1 (validation=0.1) or a val split")
     net, name = _inputs.build_model(model, data)
-    config = {**{k: v for k, v in (settings or {}).items() if k not in ("resume", "overwrite")},
+    config = {**{k: v for k, v in (settings or {}).items() if k not in LAUNCH_ONLY},
               "model": name, "dataset": data.identity, "epochs": epochs, "batch_size": batch_size,
               "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "decay_all": bool(decay_all),
               "schedule": schedule, "warmup": warmup, "clip": clip, "augment": augment, "val_split": data.validation,
@@ -166,28 +185,48 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     if saved is not None:
         _check_same_run(config, saved, name, data)
     label = (name.rsplit("/", 1)[-1] if name else getattr(model, "__name__", None)) or type(net).__name__
-    return _Session(net, name, label, data, config, dev, folder, log, log_every).run(saved)
+    return _Session(net, name, label, data, config, dev, folder, log, log_every, comm, sync_batch_norm).run(saved)
+
+
+def _communicator(distributed):
+    """The communicator of a data-parallel run of more than one process, or None."""
+    if distributed is False or distributed is None:
+        return None
+    from .. import distributed as dist
+    comm = dist.init() if distributed is True else distributed
+    if not isinstance(comm, dist.Communicator):
+        raise TypeError(f"distributed: expected True, False or a gpucnn.distributed communicator, got "
+                        f"{type(distributed).__name__}")
+    return comm if comm.size > 1 else None
+
+
+def _open_run(folder, resume):
+    """Check the run folder; the checkpoint to resume from, or None."""
+    if folder is not None:
+        folder.check()
+    return load_checkpoint(folder.checkpoint) if resume else None
 
 
 class _Session:
     """One call of fit once its inputs are settled: the optimizer, loaders and schedule, the epochs, and the
     end (the chosen weights, the final test, results.json and the pictures)."""
 
-    def __init__(self, net, name, label, data, config, dev, folder, log, log_every):
+    def __init__(self, net, name, label, data, config, dev, folder, log, log_every, comm=None, sync_bn=True):
         c = config
         self.net, self.name, self.label, self.data, self.config = net, name, label, data, c
-        self.dev, self.folder, self.log = dev, folder, log
+        self.dev, self.folder, self.log, self.comm, self.sync_bn = dev, folder, log, comm, sync_bn
         self.select, self.patience, self.epochs = c["select"], c["early_stop"], c["epochs"]
         self.opt = make_optimizer(c["optimizer"], c["lr"], c["weight_decay"], c["decay_all"]).resolve(net.params)
         self.train_loader, self.val_loader, self.test_loader = _inputs.loaders(
-            data, batch_size=c["batch_size"], seed=c["seed"], augment=c["augment"], device=dev)
+            data, batch_size=c["batch_size"], seed=c["seed"], augment=c["augment"], device=dev,
+            shard=(comm.rank, comm.size) if comm else None)
         self.steps = len(self.train_loader)
         self.sched = optim.make_schedule(c["schedule"], c["lr"], c["epochs"] * self.steps, c["warmup"])
         self.history = History(select=self.select, model=net, out=folder.path if folder else None, device=str(dev),
                                classes=data.classes)
         from ..layers import SoftmaxCrossEntropy
         self.loss_layer = SoftmaxCrossEntropy()
-        self.progress = Progress(interval=log_every)
+        self.progress = Progress(interval=log_every) if comm is None or comm.rank == 0 else None
         self.trainer = Trainer(net, self.opt, self.sched, self.train_loader, loss_layer=self.loss_layer,
                                clip=c["clip"], on_nonfinite=c["on_nonfinite"], progress=self.progress,
                                kept=self._kept, lr_hint=c["lr"])
@@ -213,6 +252,9 @@ class _Session:
             self.best_state = _restore(saved, self.net, self.opt, self.folder, self.history, self.select)
             self.trainer.global_step, start_epoch = saved.step, saved.epoch + 1
         self.net.to(self.dev)
+        if self.comm is not None:
+            from ..distributed import DataParallel
+            self.trainer.parallel = DataParallel(self.net, self.comm, sync_batch_norm=self.sync_bn)
         if self.folder:
             self.folder.open()
             self.folder.write_json(CONFIG, self.config)
@@ -261,7 +303,10 @@ class _Session:
         return stop
 
     def _evaluate(self, loader, head):
-        return None if loader is None else evaluate(self.net, loader, self.loss_layer, self.progress, head)
+        if loader is None:
+            return None
+        return evaluate(self.net, loader, self.loss_layer, self.progress, head, num_classes=len(self.data.classes),
+                        reduce=self.comm.sum_host if self.comm else None)
 
     def _finish(self):
         """With validation data: the model takes the chosen epoch's weights and the test split is scored once
@@ -318,8 +363,9 @@ class _Session:
             groups = " (not on biases and normalisation parameters)" if decay and self.opt.groups else ""
             early = (f", early stop after {plural(self.patience, 'epoch')} without improvement"
                      if self.patience else "")
+            where = self.comm.describe() if self.comm else self.dev
             log(f"training {self.label} ({self.net.num_params():,} parameters) on {self.data.name} "
-                f"({self.data.describe()}) on {self.dev}: {c['optimizer']} lr {c['lr']:g} {c['schedule']}, weight "
+                f"({self.data.describe()}) on {where}: {c['optimizer']} lr {c['lr']:g} {c['schedule']}, weight "
                 f"decay {decay:g}{groups}, batch {c['batch_size']}, {plural(epochs, 'epoch')}{early}"
                 + (f" -> {self.folder.path}" if self.folder else ""))
             note = self.data.scoring_note()

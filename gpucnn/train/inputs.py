@@ -154,15 +154,21 @@ def prepare(train, validation=None, test="auto", *, seed=0, limit_train=None, li
     return Inputs(train_set, val_set, test_set, train_set.name, identity, classes, tuple(mean), tuple(std), how)
 
 
-def loaders(inputs: Inputs, *, batch_size: int, seed: int, augment, device):
-    """(train, validation or None, test or None) loaders, all normalised with the training statistics."""
-    common = dict(seed=seed, normalize=True, device=device, drop_last=False, mean=inputs.mean, std=inputs.std)
+def loaders(inputs: Inputs, *, batch_size: int, seed: int, augment, device, shard=None):
+    """(train, validation or None, test or None) loaders, all normalised with the training statistics.
+
+    `shard` = (rank, world): the loaders of one process of a data-parallel run, each batch (of `batch_size`,
+    the global batch) cut into the processes' shares; an evaluation batch is then `world` times as large, so
+    that each process evaluates batches of the single-process size."""
+    common = dict(seed=seed, normalize=True, device=device, drop_last=False, mean=inputs.mean, std=inputs.std,
+                  shard=shard)
     train = data.DataLoader(inputs.train, batch_size=batch_size, shuffle=True,
                             augment=augmentations(augment, inputs.name), **common)
     # A last batch of one sample has no batch statistics (BatchNorm refuses it): it is left out of training.
     train.drop_last = train.num_examples % batch_size == 1 and train.num_examples > 1
-    evaluation = lambda ds: None if ds is None else data.DataLoader(ds, batch_size=max(batch_size, 256),
-                                                                    shuffle=False, augment=False, **common)
+    size = max(batch_size, 256) * (shard[1] if shard else 1)
+    evaluation = lambda ds: None if ds is None else data.DataLoader(ds, batch_size=size, shuffle=False,
+                                                                    augment=False, pad_shards=False, **common)
     return train, evaluation(inputs.val), evaluation(inputs.test)
 
 

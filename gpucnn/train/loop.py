@@ -9,9 +9,16 @@ flag back per step (a host sync per step, on a GPU only in this mode).
 
 The loop sets the model's mode itself: ``model.train()`` for an epoch; :func:`evaluate` runs every batch in
 eval mode (``forward(x, train=False)``) and leaves the model's own mode as it was.
+
+Data-parallel training (``parallel``, a :class:`gpucnn.distributed.DataParallel`): each process steps through
+its share of every batch (a sharded loader), back-propagates its share of the loss, and the gradients are summed
+over the processes at :meth:`Trainer.gradients_ready`; the epoch's sums and counts are summed after the one
+read-back, and the fault check runs only there (the same decision on every process), not at progress redraws,
+which only process 0 shows, with its own share's numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -31,7 +38,8 @@ class NumericalFaultError(RuntimeError):
 NONFINITE_MODES = ("stop", "skip")
 
 
-def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluation"):
+def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluation", reduce=None,
+             num_classes: int | None = None):
     """(mean loss, accuracy, confusion matrix) of the model on every batch of the loader, in eval mode.
 
     Every batch runs as ``model.forward(x, train=False)`` (running statistics, no dropout), whatever the
@@ -42,6 +50,10 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
     with ``add.at`` (integer atomics on a GPU: exact and order-independent), not with ``bincount``, which reads
     back twice per call on CuPy (cupy/_statistics/histogram.py). `progress` (a :class:`.progress.Progress`)
     shows the phase as `head`, without reading the device. ValueError when the loader yields no batch.
+
+    `reduce` (a data-parallel run's ``Communicator.sum_host``): the sums and counts read back are summed over
+    the processes, each of which evaluated its share; a process whose loader yields nothing adds zeros, which
+    needs `num_classes`.
     """
     from ..layers import SoftmaxCrossEntropy
     loss_layer = loss_layer or SoftmaxCrossEntropy()
@@ -68,12 +80,22 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
     finally:
         if progress is not None:
             progress.clear()
-    if counts is None:
+    if counts is not None:
+        with devices.device_scope(counts):
+            host = devices.to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
+    elif reduce is not None and num_classes is not None:
+        k = int(num_classes)
+        host = np.zeros(k * k + 1)
+    else:
         raise ValueError("evaluate: the loader yielded no batches")
-    with devices.device_scope(counts):
-        host = devices.to_cpu(xp.concatenate([counts.astype(xp.float64), loss_sum[None]]))
-    confusion = host[:-1].astype(np.int64).reshape(k, k)
-    return float(host[-1]) / n, float(np.trace(confusion)) / n, confusion
+    host = np.append(host, n)
+    if reduce is not None:
+        host = reduce(host)
+    n = int(host[-1])
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no batches")
+    confusion = host[:-2].astype(np.int64).reshape(k, k)
+    return float(host[-2]) / n, float(np.trace(confusion)) / n, confusion
 
 
 class Trainer:
@@ -82,31 +104,40 @@ class Trainer:
 
     `loader` is anything with ``set_epoch(e)``, ``len()`` (steps per epoch) and iteration yielding ``(x, y)``
     on the model's device (the :class:`gpucnn.data.loader.Loader` interface). `kept` returns the sentence a
-    fault report ends with (which checkpoint survives).
+    fault report ends with (which checkpoint survives). `parallel`: a :class:`gpucnn.distributed.DataParallel`
+    for one process of a data-parallel run (its loader then yields this process's share of each batch and
+    has ``batch_sizes()``, the whole batches' sizes: a sharded :class:`gpucnn.data.DataLoader`).
     """
 
     def __init__(self, model, optimizer, schedule, loader, *, loss_layer, clip=None, on_nonfinite="stop",
-                 progress=None, kept=lambda: "", lr_hint: float | None = None, global_step: int = 0):
+                 progress=None, kept=lambda: "", lr_hint: float | None = None, global_step: int = 0,
+                 parallel=None):
         self.model, self.opt, self.schedule, self.loader = model, optimizer, schedule, loader
         self.loss_layer, self.clip, self.progress, self.kept = loss_layer, clip, progress, kept
         self.skip_mode = on_nonfinite == "skip"
         self.lr_hint = lr_hint
         self.global_step = global_step
+        self.parallel = parallel
 
     @property
     def steps_per_epoch(self) -> int:
         return len(self.loader)
 
-    def gradients_ready(self, grads: dict) -> dict:
-        """The one point where a step's gradients are complete and not yet used: a data-parallel trainer
-        averages them across processes here (one all-reduce per step). Returns the gradients to use."""
-        return grads
+    def gradients_ready(self, grads: dict, loss=None, counted: int = 1) -> dict:
+        """The one point where a step's gradients are complete and not yet used: a data-parallel trainer sums
+        them over the processes here (one all-reduce per step), the step's loss and this process's count of
+        examples carrying the non-finite decision (see DataParallel.reduce_gradients). Returns the gradients
+        to use."""
+        if self.parallel is None:
+            return grads
+        return self.parallel.reduce_gradients(grads, loss, counted)
 
     def train_epoch(self, epoch: int, epochs: int) -> dict:
         """One pass over the training data in training mode, with the model's GPU current (cuda:N); numbers
         are read back only at progress redraws and at the end. Returns {"loss", "acc" (None when no step
         counted), "seen", "skipped", "lr", "started", "seconds"}."""
-        with devices.device_scope(self.model.device):
+        parallel = self.parallel.training() if self.parallel is not None else contextlib.nullcontext()
+        with devices.device_scope(self.model.device), parallel:
             return self._epoch(epoch, epochs)
 
     def _epoch(self, epoch: int, epochs: int) -> dict:
@@ -123,16 +154,19 @@ class Trainer:
         lr = self.opt.lr
         if self.progress is not None:
             self.progress.begin(f"epoch {epoch}/{epochs}", self.steps_per_epoch)
-        for x, y in self.loader:
+        totals = self.loader.batch_sizes() if self.parallel is not None else None
+        for i, (x, y) in enumerate(self.loader):
             lr = self.schedule.apply(self.opt, self.global_step)
+            # n: the examples this process counts; share: its part of the step's loss (see DataParallel)
+            n, share = (int(x.shape[0]), 1.0) if totals is None else self.parallel.batch_share(totals[i])
             if self.skip_mode:  # a skipped step must not leave its batch statistics behind either
                 kept_buffers = {k: v.copy() for k, v in model.buffers.items()}
             logits = model(x)
             loss = self.loss_layer.forward(logits, y)
-            model.backward(self.loss_layer.backward())
-            grads = self.gradients_ready(model.grads)
-            ok = xp.isfinite(loss) & optim.grads_finite(grads)
-            n = int(x.shape[0])
+            dout = self.loss_layer.backward()
+            model.backward(dout if share == 1 else dout * share)
+            grads = self.gradients_ready(model.grads, loss, n)
+            ok = xp.isfinite(loss) & optim.grads_finite(grads) if n else optim.grads_finite(grads)
             if self.skip_mode and not bool(ok):  # skip mode reads `ok` back: one host sync per step
                 skipped += 1
                 for k, v in model.buffers.items():
@@ -143,19 +177,24 @@ class Trainer:
                 if self.clip is not None:
                     optim.clip_grad_norm(grads, self.clip)
                 self.opt.update(model.params, grads)
-                loss_sum += loss * n
-                correct += (xp.argmax(logits, axis=1) == y).sum()
+                if n:
+                    loss_sum += loss * n
+                    correct += (xp.argmax(logits, axis=1) == y).sum()
                 counted += n
             seen += n
             self.global_step += 1
             if self.progress is not None and self.progress.due():
                 total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
-                self._fault_check(epoch, first_step, bad)
+                if self.parallel is None:
+                    self._fault_check(epoch, first_step, bad)
                 self.progress.show(self.global_step - first_step,
                                    f"loss {total_loss / max(counted, 1):.4f} "
                                    f"acc {100 * total_correct / max(counted, 1):.2f}% "
                                    f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
         total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
+        if self.parallel is not None:
+            total_loss, total_correct, counted, seen = self.parallel.sum(total_loss, total_correct, counted, seen)
+            counted, seen = int(counted), int(seen)
         if self.progress is not None:
             self.progress.clear()
         self._fault_check(epoch, first_step, bad)
