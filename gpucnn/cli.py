@@ -5,6 +5,10 @@ Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GP
 run that diverges; ValueError, OSError and the library's own errors) end with ``gpucnn: error: ...`` on
 stderr (one line, or the message's own lines when it lists things) and exit code 2; set GPUCNN_DEBUG=1 to see
 their traceback. Anything else is a bug and keeps its traceback.
+
+``gpucnn train --distributed`` runs as one process of an MPI job (``mpiexec -n N gpucnn train --distributed
+...``): process 0 prints and writes the run's files; an error of any process, or a collective that times out,
+ends the whole job at once (MPI_Abort) with that process's line, ``gpucnn: error: process R of N: ...``.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import logging
 import os
 import platform
 import sys
+import time
+import traceback
 
 EXIT_USAGE = 2
 
@@ -32,10 +38,11 @@ def _user_errors() -> tuple:
     from . import train
     from .train import checkpoint
     from .devices import CudaUnavailableError
+    from .distributed import DistributedError
     from .interop import MissingDependencyError
     # TypeError is not here: command-line input arrives as strings, so a TypeError is a bug (traceback).
     errors = [UsageError, CudaUnavailableError, checkpoint.CheckpointError, train.NumericalFaultError,
-              ValueError, OSError, MissingDependencyError]
+              ValueError, OSError, MissingDependencyError, DistributedError]
     try:
         from .data import DatasetError
         errors.append(DatasetError)
@@ -144,6 +151,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="fail instead of downloading a dataset that is not found locally")
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
+    t.add_argument("--distributed", action="store_true", default=None,
+                   help="data-parallel training: run as one process of an MPI job (mpiexec -n N gpucnn train "
+                        "--distributed ...); --batch-size is the global batch, each process trains on its share; "
+                        "one process per GPU (cuda:<its rank on the machine>); process 0 writes the run folder")
+    t.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="with --distributed: end the job when a process waits this long for the others in a "
+                        "collective (default 600)")
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on a data set (or an exported ONNX file)",
                        description="Accuracy and confusion matrix of a saved model on a split of its data set or "
@@ -204,24 +218,47 @@ def _build_parser() -> argparse.ArgumentParser:
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                  "decay_all", "schedule", "warmup", "clip", "augment", "val_split", "early_stop", "select",
                  "test_every_epoch", "device", "seed", "out", "overwrite", "limit_train", "limit_test",
-                 "on_nonfinite", "log_every", "download")
+                 "on_nonfinite", "log_every", "download", "distributed", "timeout")
 
 
 def _cmd_train(args) -> int:
     from . import train as T
     given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    comm = _start_job(given)
     if args.resume:
         if given.pop("overwrite", None):
             raise UsageError("--resume continues the run in the folder and --overwrite starts it over: pass one "
                              "of them")
         out = given.pop("out", None) or T.TrainConfig(**{k: v for k, v in given.items()
                                                           if k in ("model", "dataset")}).out_dir()
-        cfg = T.resume_config(out, **given)
+        read = lambda: T.resume_config(out, **given)
+        cfg = comm.on_root(read) if comm is not None else read()   # process 0 alone reads the run folder
     else:
         cfg = T.TrainConfig(**given)
     result = T.train(cfg, log=lambda line: print(line, flush=True))
-    print(f"done: {result['fit'].summary()}; outputs in {result['out']}", flush=True)
+    if comm is None or comm.rank == 0:
+        print(f"done: {result['fit'].summary()}; outputs in {result['out']}", flush=True)
     return 0
+
+
+def _start_job(given: dict):
+    """With --distributed: this process's communicator in its MPI job (None for a job of one process), the
+    other processes' notes silenced. Without it, a UsageError when mpiexec started several processes."""
+    if not given.get("distributed"):
+        started = max(int(os.environ.get(v) or 1) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+        if started > 1:
+            raise UsageError(f"mpiexec started {started} processes of gpucnn train without --distributed: add "
+                             f"--distributed for data-parallel training, or start one process")
+        if given.get("timeout") is not None:
+            raise UsageError("--timeout is for --distributed runs")
+        return None
+    from . import distributed
+    if given.get("timeout") is not None and not given["timeout"] > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, got {given['timeout']!r}")
+    comm = distributed.init(timeout=given.get("timeout") or distributed.DEFAULT_TIMEOUT)
+    if comm.rank != 0:
+        logging.getLogger("gpucnn").setLevel(logging.WARNING)
+    return comm if comm.size > 1 else None
 
 
 # ------------------------------------------------------------------------------------------- eval, predict
@@ -471,12 +508,42 @@ def main(argv=None) -> int:
         return COMMANDS[args.command](args)
     except user_errors as e:
         if os.environ.get("GPUCNN_DEBUG"):
+            _end_job(1, e)
             raise
-        sys.stderr.write(f"gpucnn: error: {error_text(e)}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("gpucnn: interrupted\n")
-        return 130
+        return _end_job(EXIT_USAGE, e, error_text(e))
+    except KeyboardInterrupt as e:
+        return _end_job(130, e)
+    except Exception as e:   # a bug: its traceback, and in a data-parallel job the job's end
+        _end_job(1, e)
+        raise
+
+
+def _end_job(code: int, error: BaseException, message: str | None = None) -> int:
+    """Print ``gpucnn: error: <message>`` (or ``gpucnn: interrupted``) on stderr and return `code`; in a
+    data-parallel job of several processes, end the whole job instead (MPI_Abort: a process that stopped alone
+    would leave the others waiting), the line naming the process. Without a message (a bug) only the job's end
+    is seen to here: the traceback shows it."""
+    dist = sys.modules.get("gpucnn.distributed")
+    comm = dist.active() if dist is not None else None
+    where = f"process {comm.rank} of {comm.size}" if comm is not None and comm.size > 1 else None
+    if isinstance(error, KeyboardInterrupt):
+        line = "gpucnn: interrupted" + (f" ({where})" if where else "") + "\n"
+    else:
+        line = None if message is None else "gpucnn: error: " + (f"{where}: " if where else "") + message + "\n"
+    if where is None:
+        if line is not None:
+            sys.stderr.write(line)
+        return code
+    if line is None:
+        traceback.print_exc()
+    elif isinstance(error, dist.RootFailed):
+        time.sleep(10)   # process 0 says why and ends the job: this one waits to be ended with it
+    else:
+        if comm.rank != 0:   # when every process fails alike, process 0's line is the one shown
+            time.sleep(1)
+        sys.stderr.write(line)
+    comm.abort(code)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from .. import models
 from .checkpoint import load as load_checkpoint
-from .fitting import DEFAULTS, LEGACY, fit
+from .fitting import DEFAULTS, LAUNCH_ONLY, LEGACY, fit
 from .run_folder import CHECKPOINT
 
 
@@ -44,6 +44,8 @@ class TrainConfig:
     on_nonfinite: str = "stop"        # "stop": fail with NumericalFaultError; "skip": skip such steps
     log_every: float | None = None    # seconds between progress updates; None: 0.25 on a tty, 10 otherwise
     download: bool = True             # download the dataset if it is not found locally
+    distributed: bool = False         # one process of a data-parallel MPI job (mpiexec -n N ...)
+    timeout: float | None = None      # distributed: seconds to wait in a collective (None: DEFAULT_TIMEOUT)
 
     def out_dir(self) -> str:
         """The run folder: `out`, or runs/<model>-<dataset> with short names ("my_net" for my_net.py:build)."""
@@ -72,7 +74,7 @@ def resume_config(out: str, **overrides) -> TrainConfig:
     """The configuration of the run saved in `out` (its checkpoint), with `overrides` applied, resume=True."""
     saved = load_checkpoint(os.path.join(out, CHECKPOINT))
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in {**LEGACY, **saved.config}.items() if k in fields}
+    values = {k: v for k, v in {**LEGACY, **saved.config}.items() if k in fields and k not in LAUNCH_ONLY}
     values.update(overrides, out=out, resume=True, overwrite=False)
     return TrainConfig(**values)
 
@@ -94,6 +96,10 @@ def train(config: TrainConfig, log=print) -> dict:
     # val_split is a fraction, or (recorded by a run) how other validation data came: a file's own val split,
     # which fit finds again by itself
     validation = cfg.val_split if isinstance(cfg.val_split, (int, float)) else None
+    distributed = False
+    if cfg.distributed:
+        from .. import distributed as dist
+        distributed = dist.init(timeout=cfg.timeout if cfg.timeout is not None else dist.DEFAULT_TIMEOUT)
     history = fit(cfg.model, cfg.dataset, validation=validation, epochs=cfg.epochs, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
                   schedule=cfg.schedule, warmup=cfg.warmup, clip=cfg.clip, augment=cfg.augment,
@@ -101,7 +107,7 @@ def train(config: TrainConfig, log=print) -> dict:
                   out=cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, device=cfg.device, seed=cfg.seed,
                   on_nonfinite=cfg.on_nonfinite, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
                   data_dir=cfg.data_dir, download=cfg.download, log=log, log_every=cfg.log_every,
-                  settings=dataclasses.asdict(cfg))
+                  settings=dataclasses.asdict(cfg), distributed=distributed)
     test = history.test or {}
     return {"config": dataclasses.asdict(cfg), "history": history.rows, "out": cfg.out,
             "checkpoint": os.path.join(cfg.out, CHECKPOINT), "model": history.model, "device": history.device,
