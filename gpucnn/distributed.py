@@ -480,10 +480,10 @@ class Buckets:
 
 class _BatchStats:
     """What a synchronised batch-norm layer reads (see gpucnn.layers.normalization._BatchNorm.sync): every
-    process's example count in the current step and the all-gather."""
+    process's example count in the current step, this process's rank and the all-gather."""
 
     def __init__(self, comm):
-        self.comm, self.counts = comm, None
+        self.comm, self.counts, self.rank = comm, None, comm.rank
 
     def allgather(self, a):
         return self.comm.allgather(a)

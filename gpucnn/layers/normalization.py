@@ -11,7 +11,8 @@ class _BatchNorm(Layer):
     biased variance normalises the batch, the unbiased one goes into running_var; eval uses running stats.
 
     ``sync``: None, or (set by :class:`gpucnn.distributed.DataParallel` while it trains) an object with
-    ``counts`` (the number of examples of every process's share of the current batch) and ``allgather(a)``
+    ``counts`` (the number of examples of every process's share of the current batch), ``rank`` (this
+    process's index into counts; a process counted 0 runs padding, whose input gradient is 0) and ``allgather(a)``
     (a's of every process stacked, ``(world, *a.shape)``): training mode then normalises over the batch of every
     process together, as torch.nn.SyncBatchNorm does, so the statistics are those of the whole batch."""
 
@@ -104,6 +105,7 @@ class _BatchNorm(Layer):
 
     def backward(self, dout):
         xhat, invstd, train, m, sync = self._saved(dout)
+        padding = sync is not None and not sync.counts[sync.rank]
         xp = self._xp(dout, xhat, *self.params.values())
         axes, bshape = self._axes_and_bshape(xhat)
         dbeta = dout.sum(axis=axes)
@@ -118,6 +120,8 @@ class _BatchNorm(Layer):
         if sync is not None:   # the sums over every process's batch (the gradients keep this process's own)
             total = sync.allgather(xp.concatenate([dbeta, dgamma])).sum(axis=0)
             dbeta, dgamma = total[:self.num_features], total[self.num_features:]
+            if padding:   # its rows are no example of the batch: nothing flows back from them
+                return xp.zeros_like(dout)
         return scale * (dout - dbeta.reshape(bshape) / m - xhat * (dgamma.reshape(bshape) / m))
 
 
