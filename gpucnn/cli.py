@@ -248,7 +248,7 @@ def _start_job(given: dict):
     """With --distributed: this process's communicator in its MPI job (None for a job of one process), the
     other processes' notes silenced. Without it, a UsageError when mpiexec started several processes."""
     if not given.get("distributed"):
-        started = max(int(os.environ.get(v) or 1) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+        started = _launched()[1]
         if started > 1:
             raise UsageError(f"mpiexec started {started} processes of gpucnn train without --distributed: add "
                              f"--distributed for data-parallel training, or start one process")
@@ -521,6 +521,13 @@ def main(argv=None) -> int:
         raise
 
 
+def _launched() -> tuple[int, int]:
+    """(rank, size) of this process as mpiexec started it (MPICH's and Open MPI's variables), (0, 1) alone: known
+    before MPI is initialised."""
+    read = lambda *names: max(int(os.environ.get(v) or 0) for v in names)
+    return read("PMI_RANK", "OMPI_COMM_WORLD_RANK"), max(1, read("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+
+
 def _end_job(code: int, error: BaseException, message: str | None = None) -> int:
     """Print ``gpucnn: error: <message>`` (or ``gpucnn: interrupted``) on stderr and return `code`; in a
     data-parallel job of several processes, end the whole job instead (MPI_Abort: a process that stopped alone
@@ -534,7 +541,8 @@ def _end_job(code: int, error: BaseException, message: str | None = None) -> int
     else:
         line = None if message is None else "gpucnn: error: " + (f"{where}: " if where else "") + message + "\n"
     if where is None:
-        if line is not None:
+        # a usage error (the arguments, before MPI starts) is every process's: process 0 alone says it
+        if line is not None and not (isinstance(error, UsageError) and _launched()[0] > 0):
             sys.stderr.write(line)
         return code
     if line is None:

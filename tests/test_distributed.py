@@ -161,6 +161,20 @@ def test_emulated_nccl_reduces_in_place_and_refuses_what_nccl_refuses():
             device_comm.all_reduce(a)
 
 
+def test_mpi_stages_device_arrays_through_the_host_where_nccl_is_absent():
+    """The fallback for GPUs without NCCL: one copy down and one up per collective, the array kept in place."""
+    comm = distributed.MpiCommunicator(MPI.COMM_SELF, timeout=None)
+    dev = backend.get_device("emulated:0")
+    staged = comm._with(distributed.MpiCommunicator, dev)
+    a = backend.to_device(np.arange(4, dtype=np.float32), dev)
+    with backend.count_device_ops() as counts:
+        assert staged.allreduce(a) is a and staged.broadcast(a, 0) is a
+        gathered = staged.allgather(a)
+    assert (counts.device_to_host, counts.host_to_device) == (3, 3)
+    assert backend.device_of(gathered) == dev and np.array_equal(backend.to_cpu(gathered), [np.arange(4)])
+    assert staged.describe() == "1 processes (MPI through the host), this one on emulated"
+
+
 def test_a_job_of_one_process_trains_bit_identically(tmp_path):
     data = write_idx_dataset(tmp_path, n_train=48, n_test=16, size=16)
     kw = dict(train="mnist", data_dir=data, download=False, epochs=1, batch_size=20, log=None, device="cpu")
@@ -267,10 +281,14 @@ def test_cli_job_equals_one_process_and_resumes_with_another_number_of_processes
         assert "distributed" not in saved and "timeout" not in saved
 
 
-def test_cli_refuses_several_processes_without_distributed(data_dir, tmp_path):
-    p, _ = mpiexec(2, "-m", "gpucnn", *train_args(data_dir, "--epochs", 1, "--out", tmp_path / "run"))
+@pytest.mark.parametrize("extra,message", [
+    ([], "mpiexec started 2 processes of gpucnn train without --distributed"),
+    (["--distributed", "--timeout", 0], "--timeout must be a positive number of seconds"),
+])
+def test_cli_usage_errors_of_a_job_are_said_once(extra, message, data_dir, tmp_path):
+    p, _ = mpiexec(2, "-m", "gpucnn", *train_args(data_dir, "--epochs", 1, "--out", tmp_path / "run", *extra))
     assert p.returncode == 2 and not (tmp_path / "run").exists()
-    assert "started 2 processes of gpucnn train without --distributed" in p.stderr and "Traceback" not in p.stderr
+    assert p.stderr.count("gpucnn: error:") == 1 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 FAILING_NET = """
