@@ -126,6 +126,40 @@ def test_buckets_pack_and_unpack_arrays_of_several_dtypes():
     assert buckets.holds(arrays) and not buckets.holds({**arrays, "a": arrays["a"].copy()})
 
 
+def test_a_flat_gradient_buffer_is_reduced_in_place_without_packing():
+    flat = pytest.importorskip("gpucnn.devices.flat", reason="flat gradient buffers come with the multi-tensor "
+                                                            "optimizers (branch gpu-speed)")
+    grads = flat.FlatArrays({"0.W": np.ones((2, 3), np.float32), "0.b": np.full(4, 2, np.float32)})
+    buckets = distributed.Buckets(grads.views)
+    packed = buckets.pack()
+    assert len(packed) == 1 and packed[0] is grads.buffer
+    packed[0] *= 3   # what an all-reduce does in place
+    buckets.unpack()
+    assert (grads.views["0.W"] == 3).all() and (grads.views["0.b"] == 6).all()
+
+
+def test_evaluation_sums_every_processs_share_an_empty_one_included():
+    from gpucnn.layers import Affine, Flatten
+    from gpucnn.train.loop import evaluate
+    rng = np.random.default_rng(2)
+    x, y = rng.random((5, 1, 2, 2), dtype=np.float32), np.array([0, 2, 1, 2, 0])
+    model = gpucnn.Sequential(Flatten(), Affine(4, 3))
+    loader = lambda shard=None: DataLoader((x, y), batch_size=8, shuffle=False, normalize=False, shard=shard,
+                                           pad_shards=False)
+    loss, acc, confusion = evaluate(model, loader())
+    shares = []   # what each of 6 processes reads back (the sixth has no example of 5)
+    evaluate_share = lambda r, reduce: evaluate(model, loader((r, 6)), reduce=reduce, num_classes=3)
+    for r in range(6):
+        try:
+            evaluate_share(r, lambda h: shares.append(h.copy()) or h)
+        except ValueError:
+            assert r == 5 and shares[-1][-1] == 0
+    total = sum(shares)
+    for r in (0, 5):
+        l_r, a_r, c_r = evaluate_share(r, lambda h: total)
+        assert l_r == pytest.approx(loss, rel=1e-6) and a_r == acc and np.array_equal(c_r, confusion)
+
+
 def test_watchdog_finds_a_blocking_or_queued_collective_past_its_time():
     dog = distributed.Watchdog(5.0, lambda what, seconds: None)
     with dog.watch("all-reduce"):

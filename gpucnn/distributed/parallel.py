@@ -26,7 +26,9 @@ class Buckets:
 
     One bucket per dtype rather than several of a bounded size: the gradients are reduced after the whole
     backward pass (there is no overlap with it to win by reducing early buckets first), and one collective per
-    step pays the per-collective latency once, which dominates for models of LeNet's size.
+    step pays the per-collective latency once, which dominates for models of LeNet's size (measured: see the
+    README's data-parallel section, 1.33 ms per step for LeNet-5's 10 arrays one by one against 1.04 ms for one
+    bucket, 2 processes on a 2-core machine).
     """
 
     def __init__(self, arrays: dict):
