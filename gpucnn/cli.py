@@ -398,8 +398,25 @@ def _cmd_info(args) -> int:
     if ok:
         names += [f"cuda:{i}" for i in range(cp.cuda.runtime.getDeviceCount())]
     print(f"devices: {', '.join(names)}; auto -> {devices.get_device('auto')}")
+    print(f"data-parallel (--distributed): {_distributed_status(ok)}")
     _print_kernels(devices.get_device("cuda:0" if ok else "emulated"))
     return 0
+
+
+def _distributed_status(cuda_ok: bool) -> str:
+    """mpi4py's version and the mpiexec on PATH (MPI is not started), and NCCL's status where CUDA is usable."""
+    import shutil
+    try:
+        import mpi4py
+    except ImportError:
+        return "mpi4py not installed (pip install 'gpucnn[distributed]')"
+    launcher = shutil.which("mpiexec") or "no mpiexec on PATH (the cluster's MPI, or pip install mpich)"
+    text = f"mpi4py {mpi4py.__version__}, {launcher}"
+    if cuda_ok:
+        from .devices import cuda
+        usable, why = cuda.nccl_status()
+        text += f"; NCCL {'usable' if usable else 'not usable'}: {why}"
+    return text
 
 
 def _print_kernels(device):

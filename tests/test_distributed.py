@@ -315,6 +315,12 @@ def test_cli_job_equals_one_process_and_resumes_with_another_number_of_processes
         assert "distributed" not in saved and "timeout" not in saved
 
 
+def test_info_says_what_data_parallel_training_can_use(monkeypatch):
+    import mpi4py
+    monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ.get("PATH", ""))
+    assert cli._distributed_status(False) == f"mpi4py {mpi4py.__version__}, {MPIEXEC}"
+
+
 @pytest.mark.parametrize("extra,message", [
     ([], "mpiexec started 2 processes of gpucnn train without --distributed"),
     (["--distributed", "--timeout", 0], "--timeout must be a positive number of seconds"),
