@@ -76,7 +76,7 @@ class Buckets:
 # ------------------------------------------------------------------------------------------ data parallel
 
 class _BatchStats:
-    """What a synchronised batch-norm layer reads (see gpucnn.layers.normalization._BatchNorm.sync): every
+    """What a synchronised batch-norm layer reads (see gpucnn.layers.normalization._BatchNorm.synchronise): every
     process's example count in the current step, this process's rank and the all-gather."""
 
     def __init__(self, comm):
@@ -131,12 +131,12 @@ class DataParallel:
         """An epoch of training: batch-norm layers synchronised, dropout drawing for the whole batch."""
         norms = [layer for layer in _layers(self.model) if isinstance(layer, _BatchNorm)] if self._stats else []
         for layer in norms:
-            layer.sync = self._stats
+            layer.synchronise(self._stats)
         try:
             yield self
         finally:
             for layer in norms:
-                layer.sync = None
+                layer.synchronise(None)
             devices.batch_rows(None)
 
     def batch_share(self, total: int) -> tuple[int, float]:

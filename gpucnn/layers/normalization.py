@@ -10,11 +10,9 @@ class _BatchNorm(Layer):
     """Batch normalisation over every axis but the channel axis 1, with PyTorch's running statistics:
     biased variance normalises the batch, the unbiased one goes into running_var; eval uses running stats.
 
-    ``sync``: None, or (set by :class:`gpucnn.distributed.DataParallel` while it trains) an object with
-    ``counts`` (the number of examples of every process's share of the current batch), ``rank`` (this
-    process's index into counts; a process counted 0 runs padding, whose input gradient is 0) and ``allgather(a)``
-    (a's of every process stacked, ``(world, *a.shape)``): training mode then normalises over the batch of every
-    process together, as torch.nn.SyncBatchNorm does, so the statistics are those of the whole batch."""
+    :meth:`synchronise` (called by :class:`gpucnn.distributed.DataParallel` while it trains) makes training mode
+    normalise over the batch of every process of a data-parallel run together, as torch.nn.SyncBatchNorm does,
+    so the statistics are those of the whole batch."""
 
     _layout = ""
 
@@ -31,7 +29,14 @@ class _BatchNorm(Layer):
         self._add_param("beta", np.zeros(self.num_features, dtype))
         self.buffers["running_mean"] = np.zeros(self.num_features, dtype)
         self.buffers["running_var"] = np.ones(self.num_features, dtype)
-        self.sync = None
+        self._sync = None
+
+    def synchronise(self, sync=None):
+        """Normalise over every process's share of each batch while training: `sync` is an object with
+        ``counts`` (the number of examples of every process's share of the current batch), ``rank`` (this
+        process's index into counts; a process counted 0 runs padding, whose input gradient is 0) and
+        ``allgather(a)`` (a's of every process stacked, ``(world, *a.shape)``); None ends it (the default)."""
+        self._sync = sync
 
     def __repr__(self):
         return f"{type(self).__name__}({self.num_features}, eps={self.eps}, momentum={self.momentum})"
@@ -54,7 +59,7 @@ class _BatchNorm(Layer):
         train = self._mode(train)
         axes, bshape = self._axes_and_bshape(x)
         m = x.size // self.num_features
-        sync = self.sync if train else None
+        sync = self._sync if train else None
         if train:
             if m < 2 and sync is None:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when training, "
