@@ -368,6 +368,7 @@ def crashes(in_channels, input_size, num_classes):
                                    r"process stopped answering"),
     ("crashes", [], 1, None),
     ("existing", [], 2, r"gpucnn: error: process 0 of 2: .*already holds a run"),
+    ("no-data", [], 2, r"gpucnn: error: process 0 of 2: mnist \(train split\) not found"),
 ])
 def test_a_failing_or_silent_process_ends_the_job_within_seconds(how, extra, code, line, data_dir, tmp_path):
     net = tmp_path / "my_net.py"
@@ -375,9 +376,11 @@ def test_a_failing_or_silent_process_ends_the_job_within_seconds(how, extra, cod
     if how == "existing":   # process 0 refuses to overwrite a run; the others stop the same way without a line
         (tmp_path / "run").mkdir()
         (tmp_path / "run" / "metrics.jsonl").write_text("{}\n")
-    model = "lenet5" if how == "existing" else f"{net}:{how}"
+    model = "lenet5" if how in ("existing", "no-data") else f"{net}:{how}"
     args = [*train_args(data_dir, "--epochs", 1, "--out", tmp_path / "run", "--distributed", *extra)]
     args[args.index("--model") + 1] = model
+    if how == "no-data":   # process 0 looks for the data first; the others stop with it, without a line
+        args[args.index("--data-dir") + 1] = str(tmp_path / "none")
     p, seconds = mpiexec(2, "-m", "gpucnn", *args, timeout=100)
     # the other process waits in a collective (its limit 600 s, or asleep for 120 s): only MPI_Abort ends it
     assert seconds < 60 and p.returncode == code, (seconds, p.returncode, p.stderr)
@@ -385,7 +388,7 @@ def test_a_failing_or_silent_process_ends_the_job_within_seconds(how, extra, cod
     if line is None:   # a bug keeps its traceback
         assert "Traceback" in p.stderr and "RuntimeError: a bug in process one" in p.stderr
     else:
-        assert len(ours) == 1 and "Traceback" not in p.stderr, p.stderr
+        assert len([s for s in ours if s.startswith("gpucnn: error:")]) == 1 and "Traceback" not in p.stderr, p.stderr
         assert re.search(line, ours[0]), ours[0]
 
 

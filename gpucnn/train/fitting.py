@@ -175,8 +175,9 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         comm, dev = comm.for_device(device)
         log = log if comm.rank == 0 else (lambda line: None)
     devices.seed(seed)
-    data = _inputs.prepare(train, validation, test, seed=seed, limit_train=limit_train, limit_test=limit_test,
-                           data_dir=data_dir, download=download)
+    prepare = lambda: _inputs.prepare(train, validation, test, seed=seed, limit_train=limit_train,
+                                      limit_test=limit_test, data_dir=data_dir, download=download)
+    data = prepare() if comm is None else _prepared_by_root_first(comm, prepare)
     if early_stopping and data.val is None:
         raise ValueError("early-stop needs validation data: add --val-split 0.1 (validation=0.1) or a val split")
     net, name = _inputs.build_model(model, data)
@@ -204,6 +205,19 @@ def _communicator(distributed):
         raise TypeError(f"distributed: expected True, False or a gpucnn.distributed communicator, got "
                         f"{type(distributed).__name__}")
     return comm if comm.size > 1 else None
+
+
+def _prepared_by_root_first(comm, prepare):
+    """prepare() on process 0, then on the others: one process downloads a missing data set (the others then
+    find it where they share its folder), and when the data cannot be had, process 0 says why and the others
+    stop with RootFailed."""
+    first = {}
+
+    def on_root():   # returns None: the data are not broadcast, only whether they could be had
+        first["data"] = prepare()
+
+    comm.on_root(on_root)
+    return first["data"] if comm.rank == 0 else prepare()
 
 
 def _open_run(folder, resume):
