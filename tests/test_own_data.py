@@ -158,3 +158,18 @@ def test_own_model_from_a_file_or_a_module(tmp_path, monkeypatch):
                           ("my_net.py:no_layer", r"returned list, expected a gpucnn Layer")]:
         with pytest.raises(ValueError, match=message):
             models.build(spec, in_channels=1, input_size=12, num_classes=4)
+
+
+def test_own_model_with_parameters_gpucnn_cannot_pass_is_a_clear_error(tmp_path):
+    (tmp_path / "nets.py").write_text(
+        "import gpucnn\n"
+        "def wrong_names(channels, classes):\n    raise AssertionError('must not be called')\n"
+        "def positional_only(in_channels, /):\n    raise AssertionError('must not be called')\n"
+        "def with_defaults(in_channels, width=8, *, num_classes, depth=2):\n"
+        "    return gpucnn.Sequential(gpucnn.Flatten(), gpucnn.Affine(in_channels * 16, num_classes))\n")
+    for func, missing in [("wrong_names", "channels, classes"), ("positional_only", "in_channels")]:
+        with pytest.raises(ValueError, match=rf"nets\.py:{func}: the function requires {missing}, which gpucnn "
+                                             rf"cannot pass: it passes those of in_channels, input_size, num_classes"):
+            models.build(f"{tmp_path / 'nets.py'}:{func}", in_channels=1, input_size=4, num_classes=3)
+    net = models.build(f"{tmp_path / 'nets.py'}:with_defaults", in_channels=2, input_size=4, num_classes=3)
+    assert net.output_shape((5, 2, 4, 4)) == (5, 3)
