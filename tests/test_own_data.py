@@ -46,6 +46,11 @@ def test_npz_float_images_splits_and_class_names(tmp_path):
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, -1, 2])}, r"negative label -1"),
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.arange(3)}, r"holds 4 images but y_train holds 3"),
     ({"x_train": np.full((4, 8, 8), np.nan, np.float32)}, r"NaN or infinite pixel values"),
+    ({"x_train": np.full((4, 8, 8), 255.0, np.float32)}, r"x_train: images that are not uint8 are taken as pixel "
+                                                          r"values scaled to \[0, 1\], but these range from 255 to "
+                                                          r"255: divide 0-255 values by 255"),
+    ({"x_train": np.linspace(-1.5, 2, 256).reshape(4, 8, 8)}, r"range from -1.5 to 2: .*before any normalisation"),
+    ({"x_train": np.full((4, 8, 8), 1000, np.int16)}, r"range from 1000 to 1000"),
     ({"images": np.zeros((4, 8, 8), np.uint8)}, r"expected arrays x_train and y_train .*got images"),
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.arange(4), "classes": np.array(["a", "b"])},
      r"a label is 3, but 'classes' names only 2 classes"),
