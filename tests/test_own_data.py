@@ -62,6 +62,13 @@ def test_npz_problems_name_the_file_and_what_to_do(tmp_path, arrays, message):
         data.load_dataset(tmp_path / "bad.npz")
 
 
+def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path):
+    (tmp_path / "notes.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(DatasetError, match=r"notes\.npz: not a readable \.npz file \(ValueError: not a zip archive "
+                                           r"as np\.savez writes \(it starts with b'x_tr'\)\)$"):
+        data.load_dataset(tmp_path / "notes.npz")
+
+
 def test_npz_layout_entry_settles_ambiguity_and_missing_splits_are_named(tmp_path):
     x = np.arange(4 * 3 * 4 * 3).reshape(4, 3, 4, 3).astype(np.uint8)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(4), layout="NHWC")

@@ -68,6 +68,10 @@ def load_path(path, split: str = "train") -> Dataset:
 
 def _open_npz(path):
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] != b"PK":        # not a zip archive: np.load would try it as a pickle and say so, confusingly
+            raise ValueError(f"not a zip archive as np.savez writes (it starts with {magic!r})")
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
