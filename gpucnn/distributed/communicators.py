@@ -27,6 +27,7 @@ EXIT_ABORT = 2   # the exit code of a job ended by an error or a timeout (the co
 # the 2-core machine; none in 30 runs of its failure cases with the grace)
 ABORT_GRACE = 0.5
 
+
 class DistributedError(RuntimeError):
     """Data-parallel training cannot run: mpi4py or MPI is missing, or the processes do not fit the GPUs."""
 
