@@ -85,7 +85,7 @@ def _setup(model_name, batch_size, dev, input_size, in_channels, num_classes):
     like = next(iter(net.params.values()))
     with devices.device_scope(dev):
         x = devices.random_uniform(shape, like=like) * 2 - 1
-        labels = (devices.random_uniform((batch_size,), like=like) * num_classes).astype("int32")
+        labels = (devices.random_uniform((batch_size,), like=like) * num_classes).astype("int64")
     return name, net, x, labels, SoftmaxCrossEntropy(), SGD(lr=1e-3, momentum=0.9), shape
 
 
@@ -179,18 +179,22 @@ def count_step_ops(model_name="lenet5", batch_size=128, device="emulated", input
         return _recording(parts, part)
 
     layers = list(net.layers)
+    wrapped = []
     for i, layer in enumerate(layers):   # instance attributes shadow the methods for the counted step
-        for method in ("forward", "backward"):
-            bound = getattr(layer, method)
-            setattr(layer, method, _counted(bound, parts, (i, method)))
+        for method in ("forward", "forward_relu", "rectified", "backward"):
+            if hasattr(layer, method):    # forward_relu/rectified: a ReLU fused into the layer before it
+                part = "backward" if method == "backward" else "forward"
+                setattr(layer, method, _counted(getattr(layer, method), parts, (i, part)))
+                wrapped.append((layer, method))
     try:
         with devices.count_device_ops() as total:
             _train_step(net, x, labels, loss, opt, phase)
     finally:
-        for layer in layers:
-            del layer.forward, layer.backward
+        for layer, method in wrapped:
+            delattr(layer, method)
+    nothing = devices.DeviceOpCounts()
     return {"model": name, "batch": shape[0], "input_shape": shape[1:], "device": str(dev), "total": total,
-            "layers": [(i, repr(layer), parts[(i, "forward")], parts[(i, "backward")])
+            "layers": [(i, repr(layer), parts.get((i, "forward"), nothing), parts.get((i, "backward"), nothing))
                        for i, layer in enumerate(layers)],
             "loss forward": parts["loss forward"], "loss backward": parts["loss backward"],
             "optimizer": parts["optimizer"], "optimizer_name": f"{opt.kind}, momentum {opt.momentum:g}"}
