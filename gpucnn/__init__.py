@@ -5,14 +5,14 @@ The wings, each depending only on those below it: :mod:`gpucnn.cli` -> :mod:`gpu
 """
 from . import devices, models, optim
 from .data import DataLoader, Dataset, DatasetError, load_dataset
-from .devices import (CudaUnavailableError, DeviceMismatchError, get_array_module, get_device, seed, to_cpu,
-                      to_device)
+from .devices import (CudaUnavailableError, DeviceMismatchError, from_dlpack, get_array_module, get_device, seed,
+                      to_cpu, to_device)
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layer_names
 from .layers import init
 
 __version__ = "0.1.0"
 
-__all__ = ["CudaUnavailableError", "DeviceMismatchError", "get_array_module", "get_device", "seed", "to_cpu",
-           "to_device", "DataLoader", "Dataset", "DatasetError", "load_dataset", "devices", "init", "models",
+__all__ = ["CudaUnavailableError", "DeviceMismatchError", "from_dlpack", "get_array_module", "get_device", "seed",
+           "to_cpu", "to_device", "DataLoader", "Dataset", "DatasetError", "load_dataset", "devices", "init", "models",
            "optim", "__version__", *_layer_names]

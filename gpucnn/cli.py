@@ -1,4 +1,5 @@
-"""The ``gpucnn`` command: ``train``, ``eval``, ``bench``, ``info`` and ``models``.
+"""The ``gpucnn`` command: ``train``, ``eval``, ``bench``, ``info``, ``models`` and ``export``
+(:mod:`gpucnn.cli_interop`, which also runs ``eval --onnx``).
 
 Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GPU for ``--device cuda``, a
 run that diverges; ValueError, OSError and the library's own errors) end with one line ``gpucnn: error: ...`` on stderr and exit code 2; set GPUCNN_DEBUG=1
@@ -30,9 +31,10 @@ def _user_errors() -> tuple:
     from . import train
     from .train import checkpoint
     from .devices import CudaUnavailableError
+    from .interop import MissingDependencyError
     # TypeError is not here: command-line input arrives as strings, so a TypeError is a bug (traceback).
     errors = [UsageError, CudaUnavailableError, checkpoint.CheckpointError, train.NumericalFaultError,
-              ValueError, OSError]
+              ValueError, OSError, MissingDependencyError]
     try:
         from .data import DatasetError
         errors.append(DatasetError)
@@ -62,12 +64,13 @@ def _bench_model_name(text):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import bench, models, optim
+    from . import bench, cli_interop, models, optim
     from .train import NONFINITE_MODES, TrainConfig
     d = TrainConfig()
     parser = _Parser(prog="gpucnn", description="Train and evaluate convolutional networks on the CPU or a "
                                                 "CUDA GPU (numpy / cupy).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,info,models}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,info,models,export}",
+                                parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (defaults: LeNet-5 on Fashion-MNIST)",
                        description="Train a model; --resume continues the run in --out from its checkpoint.")
@@ -103,9 +106,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the test split",
+    e = sub.add_parser("eval", help="evaluate a checkpoint (or an exported ONNX file) on the test split",
                        description="Test accuracy and confusion matrix of a saved model.")
-    e.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by gpucnn train")
+    model_source = e.add_mutually_exclusive_group(required=True)
+    model_source.add_argument("--checkpoint", help="a checkpoint.npz written by gpucnn train")
+    cli_interop.add_eval_onnx_argument(model_source)
     e.add_argument("--data-dir", help="directory holding the dataset files")
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
     e.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
@@ -132,6 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices, CUDA and kernel status")
     sub.add_parser("models", help="the models and their parameter counts")
+    cli_interop.add_export_parser(sub)
     return parser
 
 
@@ -162,6 +168,9 @@ def _cmd_train(args) -> int:
 # ------------------------------------------------------------------------------------------------- eval
 
 def _cmd_eval(args) -> int:
+    if args.onnx is not None:
+        from .cli_interop import cmd_eval_onnx
+        return cmd_eval_onnx(args, confusion_table)
     from . import data, models
     from . import devices
     from .train import checkpoint
@@ -344,8 +353,13 @@ def _setup_logging():
         logger.addHandler(_ConsoleHandler())
 
 
+def _cmd_export(args) -> int:
+    from .cli_interop import cmd_export
+    return cmd_export(args)
+
+
 COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench, "info": _cmd_info,
-            "models": _cmd_models}
+            "models": _cmd_models, "export": _cmd_export}
 
 
 def main(argv=None) -> int:

@@ -111,7 +111,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["train", "--device", "cuda"], r"device 'cuda' was asked for but CUDA is not usable.*--device cpu"),
     (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
     (["train", "--bogus"], r"unrecognized arguments: --bogus"),
-    (["eval"], r"the following arguments are required: --checkpoint"),
+    (["eval"], r"one of the arguments --checkpoint --onnx is required"),
     ([], r"choose a command: train, eval, bench, info, models"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch, no_gpu):

@@ -15,6 +15,7 @@ import tolerances
 from _oracle import against_torch, assert_close, case_rng, leaf, on, randn
 from gpucnn import devices as backend
 from gpucnn import layers as L
+from gpucnn.interop import convert_to_torch, torch_twin
 from gpucnn.layers import Sequential
 
 N_RANDOM = 40
@@ -324,44 +325,6 @@ def lenet5():
                       L.Affine(84, 10))
 
 
-def torch_twin(model):
-    """An equivalent torch.nn.Sequential with our weights copied in."""
-    mods = []
-    for layer in model:
-        if isinstance(layer, L.Conv2D):
-            m = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
-                                layer.padding, bias="b" in layer.params)
-            m.weight.data = torch.tensor(layer.params["W"])
-            if "b" in layer.params:
-                m.bias.data = torch.tensor(layer.params["b"])
-        elif isinstance(layer, L.Affine):
-            m = torch.nn.Linear(layer.in_features, layer.out_features)
-            m.weight.data = torch.tensor(layer.params["W"].T.copy())
-            m.bias.data = torch.tensor(layer.params["b"])
-        elif isinstance(layer, (L.MaxPool2D, L.AvgPool2D)):
-            cls = torch.nn.MaxPool2d if isinstance(layer, L.MaxPool2D) else torch.nn.AvgPool2d
-            m = cls(layer.kernel_size, layer.stride, layer.padding)
-        elif isinstance(layer, L.BatchNorm2D):
-            m = torch.nn.BatchNorm2d(layer.num_features, layer.eps, layer.momentum)
-            m.weight.data = torch.tensor(layer.params["gamma"])
-            m.bias.data = torch.tensor(layer.params["beta"])
-        elif isinstance(layer, L.LRN):
-            m = torch.nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
-        else:
-            m = {L.ReLU: torch.nn.ReLU, L.Flatten: torch.nn.Flatten, L.Tanh: torch.nn.Tanh,
-                 L.Sigmoid: torch.nn.Sigmoid}[type(layer)]()
-        mods.append(m)
-    return torch.nn.Sequential(*mods)
-
-
-def torch_grad(tmodel, i, key):
-    m = tmodel[i]
-    if key == "W":
-        g = m.weight.grad
-        return g.T if isinstance(m, torch.nn.Linear) else g
-    return {"b": m.bias, "gamma": m.weight, "beta": m.bias}[key].grad
-
-
 NETS = {
     "lenet5": (lenet5, (8, 1, 28, 28)),
     "mixed": (lambda: Sequential(
@@ -393,6 +356,8 @@ def test_sequential_network_matches_torch(name, any_device):
     assert model.backward(ce.backward()) is None
     assert_close(logits, logits_t, "logits", any_device)
     assert_close(loss, loss_t, "loss", any_device)
-    for key, g in model.grads.items():
-        i, k = key.split(".")
-        assert_close(g, torch_grad(tmodel, int(i), k), f"grad {key}", any_device)
+    theirs = {k: p.grad for k, p in tmodel.named_parameters()}
+    ours = convert_to_torch(model, model.grads)   # PyTorch's names and layouts (Affine's dW transposed)
+    assert set(ours) == set(theirs) and len(ours) == len(model.grads)
+    for key, g in ours.items():
+        assert_close(g, theirs[key], f"grad {key}", any_device)

@@ -14,6 +14,7 @@ ALLOWED = {
     "data": {"devices", "atomic"},
     "atomic": set(),
     "models": {"layers", "devices"},
+    "interop": {"layers", "devices", "models", "atomic"},
 }
 
 

@@ -1,4 +1,5 @@
 """The wheel carries the CUDA sources, and an installed copy (outside the checkout) finds and runs them."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory):
     pytest.importorskip("setuptools")
     out = tmp_path_factory.mktemp("wheel")
+    # built from a copy without build/ or *.egg-info/: a stale build folder in the checkout would put modules in
+    # the wheel that the package list no longer names
+    src = tmp_path_factory.mktemp("src") / "gpucnn"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "runs",
+                                                              "__pycache__", ".pytest_cache", "benchmarks"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, text=True, timeout=300)
+                    str(src)], check=True, capture_output=True, text=True, timeout=300)
     (whl,) = out.glob("gpucnn-*.whl")
     return whl
 
@@ -24,6 +30,13 @@ def test_wheel_contains_every_kernel_source(wheel):
     for cu in sorted((ROOT / "kernels").glob("*.cu*")):   # the sources and the header they share
         assert f"gpucnn/_cu/{cu.name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_wheel_contains_every_module(wheel):
+    """Every module of the gpucnn package (subpackages such as gpucnn.interop included) is in the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    modules = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "gpucnn").rglob("*.py"))
+    assert [m for m in modules if m not in names] == []
 
 
 def test_installed_wheel_loads_its_kernels(wheel, tmp_path):

@@ -4,8 +4,9 @@
 (cupy and CUDA status), :mod:`.emulated` (the GPU stand-in's arrays, as strict as cupy's) with
 :mod:`.cupy_model` (what each call costs on CuPy) and :mod:`.counters` (device operations, host syncs and
 transfers counted on it), :mod:`.emulator` (kernels/*.cu run on the CPU), :mod:`.kernels` (compile once per
-device, launch) beside :mod:`.twins` (their numpy references) and :mod:`.ops` (kernel or twin, by the array's
-device). Importing this package registers the emulated device with the core.
+device, launch) beside :mod:`.twins` (their numpy references), :mod:`.ops` (kernel or twin, by the array's
+device) and :mod:`.dlpack` (other libraries' arrays without a copy). Importing this package registers the
+emulated device with the core.
 """
 from . import core, counters, cuda, emulated, emulator
 from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, DeviceMismatchError, DeviceTimer,
@@ -13,6 +14,7 @@ from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, Devi
                    random_uniform, seed, set_rng_state, synchronize, to_cpu, to_device)
 from .counters import DeviceOpCounts, count_device_ops, transfer_stats
 from .cuda import cuda_status, cupy_module
+from .dlpack import from_dlpack
 from .emulated import EmulatedArray, emulated_xp
 
 core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.EmulatedArray,
@@ -24,6 +26,6 @@ core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.Emul
 
 __all__ = ["CPU", "EMULATED", "DEVICE_ENV", "CudaUnavailableError", "Device", "DeviceMismatchError",
            "DeviceOpCounts", "DeviceTimer", "EmulatedArray", "count_device_ops", "counters", "cuda", "cuda_status",
-           "cupy_module", "device_of", "device_scope", "emulated_xp", "get_array_module", "get_device",
-           "get_rng_state", "host_rng", "is_gpu_array", "random_uniform", "seed", "set_rng_state", "synchronize",
-           "to_cpu", "to_device", "transfer_stats"]
+           "cupy_module", "device_of", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
+           "get_device", "get_rng_state", "host_rng", "is_gpu_array", "random_uniform", "seed", "set_rng_state",
+           "synchronize", "to_cpu", "to_device", "transfer_stats"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..devices import (CPU, DeviceMismatchError, device_of, device_scope, get_array_module, get_device, to_cpu,
                        to_device)
-from ..devices import ops
+from ..devices import dlpack, ops
 from .init import INITS
 
 
@@ -57,10 +57,46 @@ def _dtype_arg(dtype, owner):
     return dt
 
 
+def _conversion_advice(dtype) -> str:
+    """How to convert an input to `dtype` in the libraries inputs come from."""
+    torch_name = {"float32": "float", "float64": "double"}.get(np.dtype(dtype).name)
+    return (f"convert it first: x.astype('{np.dtype(dtype).name}') for numpy/cupy"
+            + (f", x.{torch_name}() for a torch tensor" if torch_name else ""))
+
+
 def _init_arg(init, owner):
     if init not in INITS:
         raise ValueError(f"{owner}: init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
     return init
+
+
+def state_mismatch(expected: dict, state: dict, strict: bool = True, optional=()) -> str:
+    """What keeps `state` (name -> array) from fitting `expected` (name -> shape): "missing keys [...]",
+    "unexpected keys [...]" (both only when strict; names in `optional` may be absent) and "shape mismatches
+    (name: expected (..), got (..); ...)", every offending name listed; "" when it fits."""
+    missing = [k for k in expected if k not in state and k not in optional] if strict else []
+    unexpected = [k for k in state if k not in expected] if strict else []
+    wrong = [f"{k}: expected {tuple(shape)}, got {tuple(np.shape(state[k]))}"
+             for k, shape in expected.items() if k in state and tuple(np.shape(state[k])) != tuple(shape)]
+    return ", ".join(([f"missing keys {missing}"] if missing else []) +
+                     ([f"unexpected keys {unexpected}"] if unexpected else []) +
+                     ([f"shape mismatches ({'; '.join(wrong)})"] if wrong else []))
+
+
+# ------------------------------------------------------------------------------------ foreign arrays
+
+def _accepting_foreign_arrays(method):
+    """`method` (a layer's forward or backward) with every argument that is another library's array (a torch
+    tensor, a JAX array: see :func:`gpucnn.devices.dlpack.is_foreign`) replaced by a numpy/cupy array sharing its
+    memory; errors name the layer."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if any(dlpack.is_foreign(a) for a in args) or any(dlpack.is_foreign(v) for v in kwargs.values()):
+            owner = repr(self) if "\n" not in repr(self) else type(self).__name__   # containers: one line
+            args = tuple(dlpack.accept(a, owner) for a in args)
+            kwargs = {k: dlpack.accept(v, owner) for k, v in kwargs.items()}
+        return method(self, *args, **kwargs)
+    return wrapper
 
 
 # -------------------------------------------------------------------------------------------- base
@@ -82,6 +118,12 @@ class Layer:
     A layer is in training mode when built (``training`` is True, as in PyTorch); ``eval()`` and ``train()``
     switch it and every layer inside it. ``layer(x)`` and ``forward(x)`` run in the current mode;
     ``forward(x, train=False)`` asks for a mode for one call.
+
+    Inputs may be numpy or cupy arrays, or any array offering ``__dlpack__`` or ``__cuda_array_interface__``
+    (PyTorch tensors, JAX arrays): ``forward`` and ``backward`` of every subclass take those without a copy
+    (:func:`gpucnn.from_dlpack`), so a CPU tensor feeds a CPU model and a CUDA tensor a model on its GPU; on another
+    device they raise DeviceMismatchError (or CudaUnavailableError for GPU memory where CUDA is not usable).
+    Outputs are gpucnn arrays; ``torch.from_dlpack(y)`` hands them back to PyTorch without a copy.
     """
 
     need_input_grad = True
@@ -91,7 +133,8 @@ class Layer:
         for name in ("forward", "backward"):
             method = cls.__dict__.get(name)
             if method is not None and not getattr(method, "on_argument_device", False):
-                setattr(cls, name, _on_argument_device(method))
+                # another library's array becomes a gpucnn one first, so the scope is that of its device
+                setattr(cls, name, _accepting_foreign_arrays(_on_argument_device(method)))
 
     def __init__(self):
         self.params = {}
@@ -169,16 +212,9 @@ class Layer:
         """Copy values into the existing arrays (keeping their device and dtype); refuses any key or shape
         mismatch, naming all of them, before changing anything (ValueError)."""
         targets = {**self.params, **self.buffers}
-        missing = [k for k in targets if k not in state]
-        unexpected = [k for k in state if k not in targets]
-        wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(np.shape(state[k]))}"
-                 for k, v in targets.items() if k in state and tuple(np.shape(state[k])) != tuple(v.shape)]
-        if missing or unexpected or wrong:
-            parts = ([f"missing keys {missing}"] if missing else []) + \
-                    ([f"unexpected keys {unexpected}"] if unexpected else []) + \
-                    ([f"shape mismatches ({'; '.join(wrong)})"] if wrong else [])
-            raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model: "
-                             f"{', '.join(parts)}")
+        problem = state_mismatch({k: v.shape for k, v in targets.items()}, state)
+        if problem:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state does not match the model: {problem}")
         for k, v in targets.items():
             with device_scope(v):
                 v[...] = to_device(np.asarray(to_cpu(state[k]), dtype=v.dtype), device_of(v))
@@ -207,11 +243,11 @@ class Layer:
         """Float input; for layers with parameters, of the parameters' dtype."""
         if x.dtype not in (np.float32, np.float64):   # what the kernels take, so the CPU takes no more
             raise TypeError(f"{self!r}: expected a float32 or float64 input, got dtype {x.dtype} "
-                            f"(convert with x.astype('float32'))")
+                            f"({_conversion_advice('float32')})")
         for p in self.params.values():
             if p.dtype != x.dtype:
                 raise TypeError(f"{self!r}: expected {p.dtype} input (the layer's dtype), got {x.dtype} "
-                                f"(convert with x.astype('{p.dtype}'))")
+                                f"({_conversion_advice(p.dtype)})")
             break
 
     def _begin(self, x):
