@@ -234,6 +234,21 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
                         "T neg_beta", "T* y", "T* d", "T* scale"],
         "lrn_backward": ["const T* x", "const T* y", "const T* d", "const T* scale", "const T* dout", "int C",
                          "long long HW", "int before", "int after", "T c2", "T* dx"],
+        "sgd_step": ["T* p", "const T* g", "T* buf", "T lr", "int decay", "T wd", "int use_momentum", "T momentum",
+                     "int first", "int damped", "T keep", "int nesterov"],
+        "adagrad_step": ["T* p", "const T* g", "T* sum", "T clr", "int decay", "T wd", "T eps"],
+        "rmsprop_step": ["T* p", "const T* g", "T* square_avg", "T* grad_avg", "T* buf", "T lr", "int decay", "T wd",
+                         "T alpha", "T one_minus_alpha", "T eps", "int centered", "int use_momentum", "T momentum"],
+        "adam_step": ["T* p", "const T* g", "T* exp_avg", "T* exp_avg_sq", "T* max_exp_avg_sq", "int decay", "T wd",
+                      "int decoupled", "T shrink", "T one_minus_beta1", "T beta2", "T one_minus_beta2", "int amsgrad",
+                      "T bc2_sqrt", "T eps", "T step_size"],
+        "nonfinite_check": ["long long n", "const T* values", "const T* loss", "long long step",
+                            "long long* first_bad"],
+        "accumulate_metrics": ["int K", "const T* logits", "const long long* labels", "const T* loss", "T count",
+                               "double* loss_sum", "long long* correct"],
+        "gather_batch": ["const unsigned char* images", "const long long* labels", "const long long* index",
+                         "const int* crop", "const int* flip", "int has_crop", "int has_flip", "int pad", "int C",
+                         "int H", "int W", "const T* scale", "const T* shift", "T* out", "long long* out_labels"],
     }
     want.update({op: (sig, [], []) for op, sig in fused.items()})
     found = {}
@@ -246,7 +261,7 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
             name = f"{base}_{suffix}"
             expected.add(name)
             typed = lambda params: [s.replace("T*", f"{t}*").replace("T ", f"{t} ") for s in params]
-            first = "long long N" if op == "xent_forward" else "long long total"
+            first = "long long N" if op in ("xent_forward", "accumulate_metrics") else "long long total"
             sig = [first] + typed(inputs) + geometry + typed(outputs)
             assert [str(p) for p in found[name]] == sig, name
     assert set(found) == expected

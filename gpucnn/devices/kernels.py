@@ -47,6 +47,14 @@ KERNELS = {
     "xent_backward": ("loss.cu", "xent_backward"),
     "lrn_forward": ("lrn.cu", "lrn_forward"),
     "lrn_backward": ("lrn.cu", "lrn_backward"),
+    # the training step's (launchers in .step_kernels, twins in .step_twins)
+    "sgd_step": ("optim.cu", "sgd_step"),
+    "adagrad_step": ("optim.cu", "adagrad_step"),
+    "rmsprop_step": ("optim.cu", "rmsprop_step"),
+    "adam_step": ("optim.cu", "adam_step"),
+    "nonfinite_check": ("check.cu", "nonfinite_check"),
+    "accumulate_metrics": ("check.cu", "accumulate_metrics"),
+    "gather_batch": ("data.cu", "gather_batch"),
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 

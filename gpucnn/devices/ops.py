@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import functools
 
-from . import fused, fused_twins, kernels, twins
+from . import fused, fused_twins, kernels, step_kernels, step_twins, twins
 from .core import is_gpu_array
 from .twins import out_size, pad_pair
 
 __all__ = ["out_size", "pad_pair", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
            "avgpool_backward", "copy_blocked", "bias_act", "relu_backward", "xent_forward", "xent_reduce",
-           "xent_backward", "lrn_forward", "lrn_backward"]
+           "xent_backward", "lrn_forward", "lrn_backward", "sgd_step", "adagrad_step", "rmsprop_step", "adam_step",
+           "nonfinite_check", "accumulate_metrics", "gather_batch"]
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, scratch=None):
@@ -71,9 +72,10 @@ def copy_blocked(out, src):
     return twins.copy_blocked(out, src)
 
 
-def _by_device(name):
-    """ops.<name>(first, ...): the fused kernel for a GPU array `first`, else its numpy twin (documented there)."""
-    kernel, twin = getattr(fused, name), getattr(fused_twins, name)
+def _by_device(name, launchers=fused, numpy_twins=fused_twins):
+    """ops.<name>(first, ...): the kernel's launcher for a GPU array `first`, else its numpy twin (documented
+    there)."""
+    kernel, twin = getattr(launchers, name), getattr(numpy_twins, name)
 
     @functools.wraps(twin)
     def op(first, *args, **kwargs):
@@ -88,3 +90,7 @@ xent_reduce = _by_device("xent_reduce")
 xent_backward = _by_device("xent_backward")
 lrn_forward = _by_device("lrn_forward")
 lrn_backward = _by_device("lrn_backward")
+
+sgd_step, adagrad_step, rmsprop_step, adam_step, nonfinite_check, accumulate_metrics, gather_batch = (
+    _by_device(name, step_kernels, step_twins) for name in ("sgd_step", "adagrad_step", "rmsprop_step", "adam_step",
+                                                            "nonfinite_check", "accumulate_metrics", "gather_batch"))
