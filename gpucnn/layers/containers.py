@@ -126,6 +126,10 @@ class Container(Layer):
     def buffers(self) -> dict:
         return self._named("buffers")
 
+    def _rebind(self, name, param, grad):
+        child, rest = name.split(".", 1)
+        dict(self.named_children())[child]._rebind(rest, param, grad)
+
     def to(self, device):
         """Move every layer inside to a device; returns self."""
         dev = get_device(device)
