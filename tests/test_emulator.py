@@ -246,9 +246,9 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
                             "long long* first_bad"],
         "accumulate_metrics": ["int K", "const T* logits", "const long long* labels", "const T* loss", "T count",
                                "double* loss_sum", "long long* correct"],
-        "gather_batch": ["const unsigned char* images", "const long long* labels", "const long long* index",
-                         "const int* crop", "const int* flip", "int has_crop", "int has_flip", "int pad", "int C",
-                         "int H", "int W", "const T* scale", "const T* shift", "T* out", "long long* out_labels"],
+        "gather_batch": ["const unsigned char* images", "const long long* labels", "const int* draws", "int has_crop",
+                         "int has_flip", "int pad", "int C", "int H", "int W", "const T* scale", "const T* shift",
+                         "T* out", "long long* out_labels"],
     }
     want.update({op: (sig, [], []) for op, sig in fused.items()})
     found = {}

@@ -166,15 +166,14 @@ def test_gather_batch_matches_its_twin(crop, flip, dtype, kernel_device):
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (13, 3, 5, 7), dtype=np.uint8)
     labels = rng.integers(0, 10, 13).astype(np.int64)
-    index = rng.permutation(13)[:6].astype(np.int64)
     pad = 2
-    crops = rng.integers(0, 2 * pad + 1, (6, 2)).astype(np.int32) if crop else None
-    flips = (rng.random(6) < 0.5).astype(np.int32) if flip else None
+    draws = np.stack([rng.permutation(13)[:6], *rng.integers(0, 2 * pad + 1, (2, 6)), rng.random(6) < 0.5],
+                     axis=1).astype(np.int32)
     scale, shift = np.array([1 / 255, 2 / 255, 0.5], dtype), np.array([0.1, -0.3, 1.7], dtype)
-    want_x, want_y = twins.gather_batch(images, labels, index, crops, flips, pad, scale, shift, dtype)
+    want_x, want_y = twins.gather_batch(images, labels, draws, crop, flip, pad, scale, shift, dtype)
     d = on(kernel_device)
     for name, launch in LAUNCHES.items():
-        x, y = kernels.gather_batch(d(images), d(labels), d(index), d(crops), d(flips), pad, d(scale), d(shift), dtype,
+        x, y = kernels.gather_batch(d(images), d(labels), d(draws), crop, flip, pad, d(scale), d(shift), dtype,
                                     launch=launch)
         same(x, want_x, kernel_device, f"x, launch {name}")
         tolerances.assert_exact(y, want_y, f"labels, launch {name}")
@@ -183,8 +182,8 @@ def test_gather_batch_matches_its_twin(crop, flip, dtype, kernel_device):
 def test_gather_batch_twin_crops_and_flips_as_described():
     images = np.arange(2 * 1 * 3 * 4, dtype=np.uint8).reshape(2, 1, 3, 4)
     one = np.ones(1)
-    x, y = twins.gather_batch(images, np.array([5, 6]), np.array([1]), np.array([[0, 2]], np.int32),
-                              np.array([1], np.int32), 1, one, one * 0, np.float64)
+    x, y = twins.gather_batch(images, np.array([5, 6]), np.array([[1, 0, 2, 1]], np.int32), True, True, 1, one,
+                              one * 0, np.float64)
     padded = np.pad(images[1, 0], 1)
     np.testing.assert_array_equal(x[0, 0], padded[0:3, 2:6][:, ::-1])
     assert y.tolist() == [6]

@@ -101,27 +101,23 @@ def accumulate_metrics(logits, labels, loss, count, loss_sum, correct, *, launch
         _launch(what, logits.dtype, logits, n, (_i32(k), logits, labels, loss, t(count), loss_sum, correct), launch)
 
 
-def gather_batch(images, labels, index, crop, flip, pad, scale, shift, dtype, *, launch=None):
+def gather_batch(images, labels, draws, has_crop, has_flip, pad, scale, shift, dtype, *, launch=None):
     """(x, y) of a batch gathered from device-resident uint8 images; see step_twins.gather_batch."""
     what = "gather_batch"
     if np.dtype(images.dtype) != np.uint8 or images.ndim != 4:
         raise TypeError(f"{what}: expects uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
     n_all, c, h, w = (int(s) for s in images.shape)
-    b = int(index.shape[0])
-    checks = [(labels, np.int64, (n_all,)), (index, np.int64, (b,)), (scale, dtype, (c,)), (shift, dtype, (c,))]
-    checks += [(crop, np.int32, (b, 2))] if crop is not None else []
-    checks += [(flip, np.int32, (b,))] if flip is not None else []
-    for a, want, shape in checks:
+    b = int(draws.shape[0])
+    for a, want, shape in ((labels, np.int64, (n_all,)), (draws, np.int32, (b, 4)), (scale, dtype, (c,)),
+                           (shift, dtype, (c,))):
         if np.dtype(a.dtype) != np.dtype(want) or tuple(a.shape) != shape:
             raise TypeError(f"{what}: expects {np.dtype(want)} of shape {shape}, got {a.dtype} {tuple(a.shape)}")
-    _contiguous(what, images, *(a for a, _, _ in checks))
-    xp = core.get_array_module(images, index)
+    _contiguous(what, images, labels, draws, scale, shift)
+    xp = core.get_array_module(images, draws)
     with core.device_scope(images):
         out = xp.empty((b, c, h, w), dtype=dtype)
         out_labels = xp.empty(b, dtype=np.int64)
-        unused = xp.empty(1, dtype=np.int32)   # for a pointer the kernel does not read
         _launch(what, dtype, images, out.size,
-                (images, labels, index, unused if crop is None else crop, unused if flip is None else flip,
-                 _i32(crop is not None), _i32(flip is not None), _i32(pad), _i32(c), _i32(h), _i32(w), scale, shift,
-                 out, out_labels), launch)
+                (images, labels, draws, _i32(bool(has_crop)), _i32(bool(has_flip)), _i32(pad), _i32(c), _i32(h),
+                 _i32(w), scale, shift, out, out_labels), launch)
     return out, out_labels

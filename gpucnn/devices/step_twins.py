@@ -142,19 +142,21 @@ def accumulate_metrics(logits, labels, loss, count, loss_sum, correct):
 
 # ---------------------------------------------------------------------------------------------- data
 
-def gather_batch(images, labels, index, crop, flip, pad, scale, shift, dtype):
-    """(x, y) for the samples `index` of uint8 images (N, C, H, W) and int64 labels: each image cropped at
-    crop[b] = (dy, dx) of its copy zero-padded by `pad` (no crop when None), then mirrored left-right where
-    flip[b] (none when None), then x * scale - shift per channel ((C,) arrays of `dtype`)."""
+def gather_batch(images, labels, draws, has_crop, has_flip, pad, scale, shift, dtype):
+    """(x, y) for a batch of uint8 images (N, C, H, W) and int64 labels: draws (B, 4) int32 rows (image index,
+    dy, dx, flip); each image cropped at (dy, dx) of its copy zero-padded by `pad` (when has_crop), then
+    mirrored left-right where flip != 0 (when has_flip), then x * scale - shift per channel ((C,) arrays of
+    `dtype`)."""
+    index = draws[:, 0]
     x = images[index]
-    if crop is not None:
+    if has_crop:
         b, c, h, w = x.shape
         padded = np.zeros((b, c, h + 2 * pad, w + 2 * pad), x.dtype)
         padded[:, :, pad:pad + h, pad:pad + w] = x
         windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
-        x = windows[np.arange(b), :, crop[:, 0], crop[:, 1]]
-    if flip is not None:
-        x = np.where(flip.astype(bool)[:, None, None, None], x[..., ::-1], x)
+        x = windows[np.arange(b), :, draws[:, 1], draws[:, 2]]
+    if has_flip:
+        x = np.where(draws[:, 3].astype(bool)[:, None, None, None], x[..., ::-1], x)
     out = np.empty(x.shape, dtype)
     np.multiply(x, scale.reshape(1, -1, 1, 1), out=out, dtype=dtype)
     np.subtract(out, shift.reshape(1, -1, 1, 1), out=out)
