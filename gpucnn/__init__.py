@@ -10,9 +10,10 @@ from .devices import (CudaUnavailableError, DeviceMismatchError, from_dlpack, ge
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layer_names
 from .layers import init
+from .train import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = ["CudaUnavailableError", "DeviceMismatchError", "from_dlpack", "get_array_module", "get_device", "seed",
            "to_cpu", "to_device", "DataLoader", "Dataset", "DatasetError", "load_dataset", "devices", "init", "models",
-           "optim", "__version__", *_layer_names]
+           "optim", "fit", "History", "__version__", *_layer_names]

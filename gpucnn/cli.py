@@ -1,9 +1,10 @@
-"""The ``gpucnn`` command: ``train``, ``eval``, ``bench``, ``info``, ``models`` and ``export``
+"""The ``gpucnn`` command: ``train``, ``eval``, ``predict``, ``bench``, ``info``, ``models`` and ``export``
 (:mod:`gpucnn.cli_interop`, which also runs ``eval --onnx``).
 
 Mistakes a user can make (bad options, missing data, a corrupt checkpoint, no GPU for ``--device cuda``, a
-run that diverges; ValueError, OSError and the library's own errors) end with one line ``gpucnn: error: ...`` on stderr and exit code 2; set GPUCNN_DEBUG=1
-to see their traceback. Anything else is a bug and keeps its traceback.
+run that diverges; ValueError, OSError and the library's own errors) end with ``gpucnn: error: ...`` on
+stderr (one line, or the message's own lines when it lists things) and exit code 2; set GPUCNN_DEBUG=1 to see
+their traceback. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -45,13 +46,34 @@ def _user_errors() -> tuple:
 
 # ----------------------------------------------------------------------------------------------- parser
 
-def _model_name(text):
-    """A model name in any spelling models.get takes ('LeNet-5'); unknown ones are left for argparse's choices."""
+def _model_arg(text):
+    """A zoo model in any spelling models.get takes ('LeNet-5'), or your own 'file.py:function' /
+    'module:function' (checked when the run starts); an unknown zoo name is an error listing the choices."""
     from . import models
+    if models.is_spec(text):
+        return text
     try:
         return models.canonical_name(text)
     except ValueError:
-        return text
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(models.names())}, or "
+                                         f"give your own as path/to/file.py:function or module:function)") from None
+
+
+def _lower(text):
+    return text.strip().lower()
+
+
+def _dataset_help(default=None) -> str:
+    from .data import DATASETS
+    tail = f" (default {default})" if default else ""
+    return (f"a built-in data set ({', '.join(DATASETS)}) or your own: a path to an .npz file (x_train, y_train[, "
+            f"x_test, y_test]) or to a folder of PNG/JPEG images with one subfolder per class{tail}")
+
+
+def _model_help(default=None) -> str:
+    from . import models
+    tail = f" (default {default})" if default else ""
+    return f"{', '.join(models.names())}, or your own: path/to/file.py:function or module:function{tail}"
 
 
 def _bench_model_name(text):
@@ -64,57 +86,93 @@ def _bench_model_name(text):
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from . import bench, cli_interop, models, optim
+    from . import __version__, bench, cli_interop, optim
     from .train import NONFINITE_MODES, TrainConfig
+    from .train.metrics import SELECT
     d = TrainConfig()
     parser = _Parser(prog="gpucnn", description="Train and evaluate convolutional networks on the CPU or a "
                                                 "CUDA GPU (numpy / cupy).")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,info,models,export}",
-                                parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"gpucnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (defaults: LeNet-5 on Fashion-MNIST)",
-                       description="Train a model; --resume continues the run in --out from its checkpoint.")
-    t.add_argument("--model", type=_model_name, choices=models.names(), help=f"model (default {d.model})")
-    t.add_argument("--dataset", help=f"dataset name (default {d.dataset})")
-    t.add_argument("--data-dir", help="directory holding the dataset files (default: the dataset's standard "
-                                      "locations)")
+                       description="Train a model on a data set; --resume continues the run in --out from its "
+                                   "checkpoint. Names (models, optimizers, schedules, ...) may be given in any case.")
+    t.add_argument("--model", type=_model_arg, metavar="MODEL", help=_model_help(d.model))
+    t.add_argument("--dataset", metavar="DATA", help=_dataset_help(d.dataset))
+    t.add_argument("--data-dir", help="directory holding a built-in data set's files (default: the data set's "
+                                      "standard locations)")
     t.add_argument("--epochs", type=int, help=f"total number of epochs (default {d.epochs})")
     t.add_argument("--batch-size", type=int, help=f"training batch size (default {d.batch_size})")
-    t.add_argument("--optimizer", choices=optim.names(), help=f"optimizer (default {d.optimizer})")
+    t.add_argument("--optimizer", type=_lower, choices=optim.names(), help=f"optimizer (default {d.optimizer})")
     t.add_argument("--lr", type=float, help=f"base learning rate (default {d.lr:g})")
     t.add_argument("--weight-decay", type=float,
-                   help="weight decay (default: 0.05 for adamw, whose decay is decoupled; 0 for the others)")
-    t.add_argument("--schedule", choices=optim.schedule_names(),
+                   help="weight decay (default: 0.05 for adamw, whose decay is decoupled; 0 for the others); "
+                        "not applied to biases and normalisation parameters (1-D ones) unless --decay-all")
+    t.add_argument("--decay-all", action="store_true", default=None,
+                   help="apply weight decay to every parameter, biases and normalisation parameters included")
+    t.add_argument("--schedule", type=_lower, choices=optim.schedule_names(),
                    help=f"learning-rate schedule over the run (default {d.schedule})")
     t.add_argument("--warmup", type=int, help="linear learning-rate warm-up over this many steps (default 0)")
     t.add_argument("--clip", type=float, help="clip the global gradient norm to this value (default: no clipping)")
     t.add_argument("--augment", action="store_true", default=None,
                    help="random crops and flips of the training images")
+    t.add_argument("--val-split", type=float, metavar="F",
+                   help="hold out this fraction of the training images (drawn with --seed) as validation data: "
+                        "metrics report it, best.npz keeps the best epoch, and the test split is scored once "
+                        "at the end")
+    t.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop after N epochs without improvement of the validation metric (needs validation data)")
+    t.add_argument("--select", type=_lower, choices=tuple(SELECT),
+                   help="the validation metric that picks the best epoch: loss (lowest, default) or acc (highest)")
+    t.add_argument("--test-every-epoch", action="store_true", default=None,
+                   help="with validation data, score the test split after every epoch too")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated (default: $GPUCNN_DEVICE, else auto: "
                                     "the GPU if usable, otherwise the CPU)")
     t.add_argument("--seed", type=int, help=f"random seed: weights, data order, dropout (default {d.seed})")
-    t.add_argument("--out", help="output directory for metrics.jsonl, checkpoint.npz and the pictures "
-                                 "(default runs/<model>-<dataset>)")
+    t.add_argument("--out", help="run folder for config.json, metrics.jsonl, checkpoint.npz, best.npz and the "
+                                 "pictures (default runs/<model>-<dataset>)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, up to "
                                                          "--epochs in total")
+    t.add_argument("--overwrite", action="store_true", default=None,
+                   help="delete the run already in --out and start over")
     t.add_argument("--limit-train", type=int, metavar="N", help="train on the first N training images only")
     t.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
-    t.add_argument("--on-nonfinite", choices=NONFINITE_MODES,
+    t.add_argument("--on-nonfinite", type=_lower, choices=NONFINITE_MODES,
                    help="on a NaN/inf loss or gradient: stop with an error (default) or skip the step")
     t.add_argument("--no-download", dest="download", action="store_false", default=None,
                    help="fail instead of downloading a dataset that is not found locally")
     t.add_argument("--log-every", type=float, metavar="SECONDS",
                    help="seconds between progress updates (default 0.25 on a terminal, 10 otherwise)")
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint (or an exported ONNX file) on the test split",
-                       description="Test accuracy and confusion matrix of a saved model.")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a data set (or an exported ONNX file)",
+                       description="Accuracy and confusion matrix of a saved model on a split of its data set or "
+                                   "of any data set it can take; or of an exported ONNX file on the test split.")
     model_source = e.add_mutually_exclusive_group(required=True)
-    model_source.add_argument("--checkpoint", help="a checkpoint.npz written by gpucnn train")
+    model_source.add_argument("--checkpoint", help="a checkpoint.npz or best.npz written by gpucnn train")
     cli_interop.add_eval_onnx_argument(model_source)
-    e.add_argument("--data-dir", help="directory holding the dataset files")
+    e.add_argument("--dataset", metavar="DATA", help=_dataset_help() + " (default: the run's)")
+    e.add_argument("--split", type=_lower, choices=("test", "val", "train"), default="test",
+                   help="which split to score (default test; val is carved as the run carved it)")
+    e.add_argument("--model", metavar="MODEL", help="rebuild the model with this (" + _model_help() + "); needed "
+                                                    "when the run was given a model object")
+    e.add_argument("--data-dir", help="directory holding a built-in data set's files")
+    e.add_argument("--no-download", dest="download", action="store_false",
+                   help="fail instead of downloading a dataset that is not found locally")
     e.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
-    e.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N test images only")
+    e.add_argument("--limit-test", type=int, metavar="N", help="evaluate on the first N images only")
     e.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+
+    p = sub.add_parser("predict", help="the most likely classes of images",
+                       description="The most likely classes of each image, with their probabilities, normalised "
+                                   "as the model was trained.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint.npz or best.npz written by gpucnn train")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG or JPEG files, or .npy arrays ((H, W), (C, H, W) or (H, W, C) for one image, 4-D for "
+                        "several)")
+    p.add_argument("--top", type=int, default=3, help="how many classes to show per image (default 3)")
+    p.add_argument("--model", metavar="MODEL", help="rebuild the model with this (see eval --help)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
 
     b = sub.add_parser("bench", help="images per second of training and inference steps, or device ops per step",
                        description="Time training steps (forward, backward, SGD-momentum update) and inference on random "
@@ -144,7 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ train
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                 "schedule", "warmup", "clip", "augment", "device", "seed", "out", "limit_train", "limit_test",
+                 "decay_all", "schedule", "warmup", "clip", "augment", "val_split", "early_stop", "select",
+                 "test_every_epoch", "device", "seed", "out", "overwrite", "limit_train", "limit_test",
                  "on_nonfinite", "log_every", "download")
 
 
@@ -152,50 +211,79 @@ def _cmd_train(args) -> int:
     from . import train as T
     given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
     if args.resume:
+        if given.pop("overwrite", None):
+            raise UsageError("--resume continues the run in the folder and --overwrite starts it over: pass one "
+                             "of them")
         out = given.pop("out", None) or T.TrainConfig(**{k: v for k, v in given.items()
                                                           if k in ("model", "dataset")}).out_dir()
         cfg = T.resume_config(out, **given)
     else:
         cfg = T.TrainConfig(**given)
     result = T.train(cfg, log=lambda line: print(line, flush=True))
-    if result["history"]:
-        last = result["history"][-1]
-        print(f"done: test accuracy {100 * last['test_acc']:.2f}% after epoch {last['epoch']}; "
-              f"outputs in {result['out']}", flush=True)
+    print(f"done: {result['fit'].summary()}; outputs in {result['out']}", flush=True)
     return 0
 
 
-# ------------------------------------------------------------------------------------------------- eval
+# ------------------------------------------------------------------------------------------- eval, predict
 
 def _cmd_eval(args) -> int:
     if args.onnx is not None:
         from .cli_interop import cmd_eval_onnx
         return cmd_eval_onnx(args, confusion_table)
-    from . import data, models
-    from . import devices
-    from .train import checkpoint
-    from .train import evaluate, model_kwargs_for
+    from .data import DataLoader
+    from .train import evaluate, inputs
+    from .train.predict import data_meta, load_model
     if args.limit_test is not None and args.limit_test < 1:
         raise UsageError(f"--limit-test must be a positive integer, got {args.limit_test}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    ckpt = checkpoint.load(args.checkpoint)
-    device = devices.get_device(args.device)
-    dataset_name = ckpt.config.get("dataset")
-    data_dir = args.data_dir or ckpt.config.get("data_dir")
-    test_set = data.load_dataset(dataset_name, "test", data_dir=data_dir)
-    kwargs = model_kwargs_for(test_set)
-    if kwargs != ckpt.model_kwargs:
-        raise checkpoint.CheckpointError(f"checkpoint {ckpt.path}: its model takes {ckpt.model_kwargs}, but the "
-                                         f"{dataset_name} test images give {kwargs}")
-    model = ckpt.load_into(models.get(ckpt.model_name, **ckpt.model_kwargs)).to(device)
-    loader = data.DataLoader(test_set, batch_size=args.batch_size, shuffle=False, seed=0, normalize=True,
-                             augment=False, device=device, drop_last=False, limit=args.limit_test)
+    model, ckpt = load_model(args.checkpoint, args.model, args.device)
+    device = model.device
+    cfg, meta = ckpt.config, data_meta(ckpt)
+    dataset = args.dataset or cfg.get("dataset")
+    if dataset == "arrays":
+        raise UsageError(f"{ckpt.path}: the run trained on arrays in memory: pass the data to score with --dataset "
+                         f"(a built-in name, an .npz file or an image folder)")
+    if args.split == "val" and args.dataset is None and cfg.get("val_split") is None:
+        raise UsageError(f"--split val: the run in {ckpt.path} had no validation data; use --split test or train")
+    fraction = cfg.get("val_split") if isinstance(cfg.get("val_split"), float) else None   # carved as the run did
+    data = inputs.prepare(dataset, fraction if args.split == "val" else None,
+                          "auto" if args.split == "test" else None, seed=cfg.get("seed", 0),
+                          limit_train=cfg.get("limit_train") if args.split != "test" else None,
+                          data_dir=args.data_dir or cfg.get("data_dir"),
+                          download=args.download and cfg.get("download", True))
+    split = {"test": data.test, "val": data.val, "train": data.train}[args.split]
+    if split is None:
+        raise UsageError(f"{data.name} has no {args.split} split; pick another with --split")
+    split = split.subset(args.limit_test)
+    want = tuple(int(v) for v in meta["image_shape"])
+    if split.image_shape != want or len(data.classes) > len(meta["classes"]):
+        raise UsageError(f"{ckpt.path}: the model takes {'x'.join(map(str, want))} images of "
+                         f"{len(meta['classes'])} classes, but {data.name} has {'x'.join(map(str, split.image_shape))}"
+                         f" images of {len(data.classes)} classes")
+    loader = DataLoader(split, batch_size=args.batch_size, shuffle=False, seed=0, normalize=True, augment=False,
+                        device=device, drop_last=False, mean=meta["mean"], std=meta["std"])
     loss, acc, confusion = evaluate(model, loader)
-    n = int(confusion.sum())
-    print(f"{ckpt.model_name} from {ckpt.path} (epoch {ckpt.epoch}) on {dataset_name} test, {n} images, {device}")
-    print(f"test accuracy {100 * acc:.2f}%  loss {loss:.4f}")
-    print(confusion_table(confusion, list(test_set.classes)))
+    label = ckpt.model_name.rsplit("/", 1)[-1] or args.model or "model"
+    print(f"{label} from {ckpt.path} (epoch {ckpt.epoch}) on {data.name} {args.split}, "
+          f"{int(confusion.sum())} images, {device}")
+    print(f"{args.split} accuracy {100 * acc:.2f}%  loss {loss:.4f}")
+    print(confusion_table(confusion, list(meta["classes"])))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .train.predict import data_meta, load_model, predict, prepare_images, read_images
+    if args.top < 1:
+        raise UsageError(f"--top must be a positive integer, got {args.top}")
+    model, ckpt = load_model(args.checkpoint, args.model, args.device)
+    meta = data_meta(ckpt)
+    classes = list(meta["classes"])
+    for path in args.images:
+        images = prepare_images(read_images(path), meta, path)
+        for i, top in enumerate(predict(model, images, min(args.top, len(classes)))):
+            where = path if len(images) == 1 else f"{path}[{i}]"
+            print(f"{where}: " + ", ".join(f"{classes[k]} ({k}) {100 * p:.2f}%" for k, p in top))
     return 0
 
 
@@ -322,6 +410,13 @@ def _cmd_models(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
+def error_text(e: BaseException) -> str:
+    """An error's message as the command prints it: its own line breaks kept (a list of places stays a list),
+    trailing spaces and blank lines dropped."""
+    lines = [line.rstrip() for line in str(e).strip("\n").splitlines()]
+    return "\n".join(line for line in lines if line) or type(e).__name__
+
+
 class _ConsoleHandler(logging.StreamHandler):
     """Notes (INFO) go to stdout with the run's other output, warnings and worse to stderr, so that stderr
     holds nothing but the one error line when a command fails; the stream is looked up at each record
@@ -358,8 +453,8 @@ def _cmd_export(args) -> int:
     return cmd_export(args)
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "bench": _cmd_bench, "info": _cmd_info,
-            "models": _cmd_models, "export": _cmd_export}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "predict": _cmd_predict, "bench": _cmd_bench,
+            "info": _cmd_info, "models": _cmd_models, "export": _cmd_export}
 
 
 def main(argv=None) -> int:
@@ -367,15 +462,17 @@ def main(argv=None) -> int:
     _setup_logging()
     user_errors = _user_errors()
     try:
-        args = _build_parser().parse_args(argv)
+        try:
+            args = _build_parser().parse_args(argv)
+        except SystemExit as e:   # --help and --version end here, having printed
+            return e.code if isinstance(e.code, int) else 0
         if args.command is None:
             raise UsageError(f"choose a command: {', '.join(COMMANDS)} (see gpucnn --help)")
         return COMMANDS[args.command](args)
     except user_errors as e:
         if os.environ.get("GPUCNN_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
-        sys.stderr.write(f"gpucnn: error: {message}\n")
+        sys.stderr.write(f"gpucnn: error: {error_text(e)}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("gpucnn: interrupted\n")

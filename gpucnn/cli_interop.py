@@ -41,7 +41,10 @@ def _checkpoint_model(path):
     from . import models
     from .train import checkpoint
     ckpt = checkpoint.load(path)
-    return ckpt, ckpt.load_into(models.get(ckpt.model_name, **ckpt.model_kwargs))
+    if not ckpt.model_name:
+        raise checkpoint.CheckpointError(f"checkpoint {ckpt.path}: does not name its model (it was trained from a "
+                                         f"model object), so it cannot be rebuilt for export")
+    return ckpt, ckpt.load_into(models.build(ckpt.model_name, **ckpt.model_kwargs))   # a zoo name or file.py:fn
 
 
 def _onnx_metadata(ckpt) -> dict:
@@ -54,13 +57,19 @@ def _onnx_metadata(ckpt) -> dict:
         meta[META_DATASET] = name
         if ckpt.config.get("data_dir"):
             meta[META_DATA_DIR] = str(ckpt.config["data_dir"])
-        try:
-            spec = dataset_spec(name)
-            meta[META_MEAN], meta[META_STD] = json.dumps(list(spec.mean)), json.dumps(list(spec.std))
-            meta["gpucnn.preprocess"] = "(pixel / 255 - mean) / std per channel, NCHW float32"
-            meta["gpucnn.classes"] = json.dumps(list(spec.classes))
-        except DatasetError:
-            pass
+        if ckpt.data:          # the normalisation and classes the run recorded (any data set)
+            meta[META_MEAN], meta[META_STD] = json.dumps(ckpt.data["mean"]), json.dumps(ckpt.data["std"])
+            meta["gpucnn.preprocess"] = (f"(pixel / {ckpt.data['scale']:g} - mean) / std per channel, NCHW "
+                                         f"float32")
+            meta["gpucnn.classes"] = json.dumps(ckpt.data["classes"])
+        else:
+            try:
+                spec = dataset_spec(name)
+                meta[META_MEAN], meta[META_STD] = json.dumps(list(spec.mean)), json.dumps(list(spec.std))
+                meta["gpucnn.preprocess"] = "(pixel / 255 - mean) / std per channel, NCHW float32"
+                meta["gpucnn.classes"] = json.dumps(list(spec.classes))
+            except DatasetError:
+                pass
     if ckpt.history:
         meta["gpucnn.test_acc"] = str(ckpt.history[-1].get("test_acc"))
     return meta

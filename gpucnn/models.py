@@ -21,8 +21,16 @@ of the affine layers are derived from the input, so the same net trains on 28x28
   residual blocks (3x3 conv, BN, ReLU, 3x3 conv, BN, plus the input; ReLU after the sum), every stage but
   the first halving the map with a stride-2 first block whose shortcut is a strided 1x1 conv and BN; then
   global average pooling and one affine layer. Fits any input size.
+
+Your own model (:func:`build`, :func:`from_spec`): a function returning a Layer, named on the command line as
+``path/to/file.py:function`` or ``module:function`` and called with those of ``in_channels``, ``input_size``
+((h, w)) and ``num_classes`` it takes.
 """
 from __future__ import annotations
+
+import inspect
+import os
+import zlib
 
 from .devices.twins import out_size
 
@@ -281,3 +289,90 @@ def canonical_name(name: str) -> str:
 def get(name: str, **kwargs):
     """Build the model called `name` (in_channels=, input_size=, num_classes=, model options)."""
     return MODELS[canonical_name(name)](**kwargs)
+
+
+# ------------------------------------------------------------------------------------- your own models
+
+SHAPE_ARGS = ("in_channels", "input_size", "num_classes")
+
+
+def is_spec(name) -> bool:
+    """True for 'path/to/file.py:function' or 'module:function' (your own model), False for a zoo name."""
+    where, sep, func = str(name).rpartition(":")
+    return bool(sep and where and func.isidentifier())
+
+
+def from_spec(spec: str):
+    """The function a spec names: 'path/to/file.py:function' (the file is run as a module) or
+    'module:function' (imported, the current folder first on the path). ValueError naming the spec when the
+    file, module or function is missing; errors raised by the file itself propagate with their traceback."""
+    import importlib
+    import importlib.util
+    import sys
+
+    where, sep, func = str(spec).rpartition(":")
+    if not sep or not where or not func:
+        raise ValueError(f"model {spec!r}: expected path/to/file.py:function or module:function")
+    if where.endswith(".py") or os.sep in where or "/" in where:
+        path = os.path.abspath(os.path.expanduser(where))
+        if not os.path.isfile(path):
+            raise ValueError(f"model {spec!r}: no such file {path}")
+        name = f"gpucnn_user_model_{zlib.crc32(path.encode())}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    else:
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as e:
+            if e.name != where.split(".")[0] and e.name != where:
+                raise
+            raise ValueError(f"model {spec!r}: no module named {where!r} (looked in the current folder and on "
+                             f"sys.path)") from None
+        finally:
+            sys.path.remove(os.getcwd())
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        defined = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                         and getattr(v, "__module__", None) == module.__name__)
+        raise ValueError(f"model {spec!r}: {where} defines no function {func!r}"
+                         + (f" (it defines: {', '.join(defined)})" if defined else ""))
+    return fn
+
+
+def spec_of(fn) -> str:
+    """'module:function' for an importable function (so a checkpoint can name it), else ''."""
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
+    if not module or module == "__main__" or module.startswith("gpucnn_user_model_") or "<" in qualname:
+        return ""
+    return f"{module}:{qualname}"
+
+
+def build(model, in_channels: int, input_size, num_classes: int):
+    """A model for the data: `model` a zoo name, a spec ('my_net.py:build', 'module:function') or a function,
+    called with those of in_channels, input_size ((h, w)) and num_classes that it takes. Returns the Layer;
+    ValueError when the function does not return one."""
+    from .layers import Layer
+
+    kwargs = {"in_channels": int(in_channels), "input_size": tuple(int(s) for s in _size(input_size)),
+              "num_classes": int(num_classes)}
+    if isinstance(model, str) and not is_spec(model):
+        return get(model, **kwargs)
+    fn = from_spec(model) if isinstance(model, str) else model
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = fn(**{k: v for k, v in kwargs.items() if takes_all or k in params})
+    if not isinstance(out, Layer):
+        name = model if isinstance(model, str) else getattr(model, "__qualname__", repr(model))
+        raise ValueError(f"model {name}: returned {type(out).__name__}, expected a gpucnn Layer such as "
+                         f"gpucnn.Sequential(...)")
+    return out

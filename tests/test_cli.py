@@ -2,31 +2,19 @@
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import gpucnn
+from _cli import assert_error, assert_one_error_line, gpucnn_cmd
 from _synth import write_idx_dataset
 from gpucnn import cli
-
-REPO = str(Path(gpucnn.__file__).resolve().parent.parent)
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return write_idx_dataset(tmp_path_factory.mktemp("data"), n_train=128, n_test=64, size=16)
-
-
-def gpucnn_cmd(*args, cwd=None, env=None):
-    """Run `python -m gpucnn ARGS` in a fresh interpreter; returns the CompletedProcess."""
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {})}
-    env.pop("GPUCNN_DEVICE", None)
-    env.pop("GPUCNN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "gpucnn", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=300)
 
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}   # a subprocess sees no GPU, whether or not the machine has one
@@ -43,14 +31,6 @@ def tiny_train_args(data_dir, out, *extra):
     return ["train", "--dataset", "mnist", "--data-dir", str(data_dir), "--no-download", "--epochs", "1",
             "--batch-size", "32", "--limit-train", "64", "--limit-test", "32", "--device", "cpu", "--out", str(out),
             *extra]
-
-
-def assert_one_error_line(stderr, pattern):
-    lines = stderr.strip().splitlines()
-    assert "Traceback" not in stderr
-    assert len(lines) == 1 and lines[0].startswith("gpucnn: error:"), f"expected one error line, got:\n{stderr}"
-    assert re.search(pattern, lines[0]), lines[0]
-    return lines
 
 
 def test_train_then_eval_in_subprocesses(data_dir, tmp_path):
@@ -112,7 +92,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
     (["train", "--bogus"], r"unrecognized arguments: --bogus"),
     (["eval"], r"one of the arguments --checkpoint --onnx is required"),
-    ([], r"choose a command: train, eval, bench, info, models"),
+    ([], r"choose a command: train, eval, predict, bench, info, models, export"),
 ])
 def test_user_errors_are_one_line_and_exit_2(args, pattern, capsys, tmp_path, monkeypatch, no_gpu):
     monkeypatch.chdir(tmp_path)
@@ -129,8 +109,11 @@ def test_missing_data(data_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("GPUCNN_DATA", raising=False)
     args = tiny_train_args(str(tmp_path / "nothing"), tmp_path / "out", "--no-download")
     assert cli.main(args) == 2
-    lines = assert_one_error_line(capsys.readouterr().err, r"mnist \(train split\) not found.*nothing")
-    assert len(lines) == 1
+    lines = assert_error(capsys.readouterr().err, r"mnist \(train split\) not found.*nothing")
+    assert lines[0].endswith("not found. Looked for train-images-idx3-ubyte and train-labels-idx1-ubyte "
+                             "(.gz or not) in:")
+    assert lines[1] == f"  {tmp_path / 'nothing' / 'mnist'}  (data_dir / --data-dir)"   # one place a line
+    assert "Downloading was turned off (--no-download)." in lines and "download=False" not in "".join(lines)
 
 
 def test_numerical_fault_is_a_user_error(data_dir, tmp_path):
@@ -169,8 +152,8 @@ def test_default_device_error_run_has_one_line_on_stderr(tmp_path):
     goes to stdout, so a failing command's stderr is still its one error line."""
     p = gpucnn_cmd("train", "--dataset", "mnist", "--data-dir", tmp_path, "--no-download", cwd=tmp_path)
     assert p.returncode == 2, p.stderr
-    assert len(assert_one_error_line(p.stderr, r"mnist \(train split\) not found")) == 1
-    assert p.stderr.count("\n") == 1, p.stderr
+    assert_error(p.stderr, r"mnist \(train split\) not found")
+    assert p.stderr.count("gpucnn:") == 1, p.stderr
     assert "error" not in p.stdout
 
 
@@ -278,3 +261,30 @@ def test_corrupt_dataset_files_are_one_line(data_dir, tmp_path, capsys):
     labels.write_bytes(gzip.compress(bytes(raw)))
     assert cli.main(tiny_train_args(bad, tmp_path / "out")) == 2
     assert_one_error_line(capsys.readouterr().err, r"train-labels-idx1-ubyte\.gz: .*42")
+
+
+def test_a_checkpoint_from_before_data_and_decay_groups_still_resumes_evaluates_and_predicts(data_dir, tmp_path,
+                                                                                          capsys):
+    """Older checkpoints have no 'data' entry (classes, normalisation) and no 'decay_all' setting: they meant
+    the built-in data set's published statistics and weight decay on every parameter."""
+    import numpy as np
+    from _synth import rewrite_checkpoint
+
+    out = tmp_path / "old"
+    assert cli.main(tiny_train_args(data_dir, out, "--decay-all")) == 0
+
+    def make_old(meta):
+        del meta["data"]
+        del meta["config"]["decay_all"]
+    rewrite_checkpoint(out / "checkpoint.npz", make_old)
+    assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    from gpucnn.train import checkpoint
+    resumed = checkpoint.load(out / "checkpoint.npz")
+    assert resumed.config["decay_all"] is True and not [k for k in resumed.optim_state if k.startswith("groups/")]
+    rewrite_checkpoint(out / "checkpoint.npz", make_old)
+    assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.npz"), "--data-dir", data_dir]) == 0
+    np.save(tmp_path / "x.npy", np.zeros((16, 16), np.uint8))
+    assert cli.main(["predict", "--checkpoint", str(out / "checkpoint.npz"), str(tmp_path / "x.npy")]) == 0
+    assert re.match(r"\S+x\.npy: \d \(\d\) [\d.]+%, \d \(\d\) [\d.]+%, \d \(\d\) [\d.]+%$",
+                    capsys.readouterr().out.splitlines()[-1])

@@ -364,7 +364,7 @@ def test_not_found_names_every_place_and_how_to_get_it(tmp_path, monkeypatch):
         assert str(place) in msg
     assert "t10k-images-idx3-ubyte" in msg and "apt-get install dataset-fashion-mnist" in msg
     assert "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/t10k-images-idx3-ubyte.gz" in msg
-    assert "--data-dir" in msg and "download=False" in msg
+    assert "--data-dir" in msg and "--no-download" in msg
 
 
 # ----------------------------------------------------------------------------------------- loader

@@ -483,3 +483,116 @@ def test_every_optimizer_and_clipping_on_any_device(any_device):
     assert backend.device_of(norm) == backend.device_of(finite) == any_device
     tolerances.assert_close(norm, optim.clip_grad_norm(cpu_grads, 1.0), any_device, "norm")
     assert bool(backend.to_cpu(finite))
+
+
+# ------------------------------------------------------------------------------------- parameter groups
+
+def run_torch_groups(cls, kwargs, groups, params, grad_seq):
+    """torch with param groups: `groups` maps a group's names to its torch options; the rest keep `kwargs`."""
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    grouped = {n for names, _ in groups for n in names}
+    torch_groups = [{"params": [tp[n] for n in names], **opts} for names, opts in groups]
+    torch_groups.insert(0, {"params": [t for k, t in tp.items() if k not in grouped]})
+    opt = cls(torch_groups, **kwargs)
+    for grads in grad_seq:
+        for k, t in tp.items():
+            t.grad = torch.tensor(grads[k])
+        opt.step()
+    return {k: t.detach().numpy() for k, t in tp.items()}
+
+
+@pytest.mark.parametrize("ours,tcls,tkw,group,tgroup", [
+    (optim.AdamW, torch.optim.AdamW, dict(lr=0.01, weight_decay=0.1), {"weight_decay": 0.0}, {"weight_decay": 0.0}),
+    (optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01),
+     {"lr_scale": 0.5, "momentum": 0.5}, {"lr": 0.025, "momentum": 0.5}),
+    (optim.Adam, torch.optim.Adam, dict(lr=0.01), {"betas": (0.8, 0.9), "eps": 1e-6},
+     {"betas": (0.8, 0.9), "eps": 1e-6}),
+])
+def test_groups_match_torch_param_groups(ours, tcls, tkw, group, tgroup):
+    params, grad_seq = make_params(np.float64), make_grads(np.float64)
+    expected = run_torch_groups(tcls, tkw, [(["0.b", "1.b"], tgroup)], params, grad_seq)
+    opt = ours(**tkw, groups=[{"params": optim.no_weight_decay, **group}])
+    got = run(opt, params, grad_seq)
+    for k in SHAPES:
+        np.testing.assert_allclose(got[k], expected[k], **tol(backend.CPU, np.float64), err_msg=k)
+    assert opt.groups == [{"params": ["0.b", "1.b"], **group}]   # the rule, resolved into names once
+
+
+def test_groups_by_name_survive_a_state_dict_round_trip_and_schedules_scale_them():
+    params, grad_seq = make_params(np.float32), make_grads(np.float32)
+    make = lambda: optim.AdamW(lr=0.01, weight_decay=0.1, groups=[{"params": ["1.W"], "lr_scale": 0.1,
+                                                                   "weight_decay": 0.0}])
+    straight, sched = make(), optim.CosineLR(0.01, len(grad_seq))
+    p1 = {k: v.copy() for k, v in params.items()}
+    for i, g in enumerate(grad_seq):
+        sched.apply(straight, i)
+        straight.update(p1, g)
+    first = make()
+    p2 = {k: v.copy() for k, v in params.items()}
+    for i, g in enumerate(grad_seq[:4]):
+        sched.apply(first, i)
+        first.update(p2, g)
+    sd = first.state_dict()
+    assert [k for k in sd if k.startswith("groups/")] == ["groups/0/params", "groups/0/lr_scale",
+                                                          "groups/0/weight_decay"]
+    resumed = optim.AdamW()                      # no groups given: the state dict brings them
+    resumed.load_state_dict(dict(np.load(_saved(sd))))
+    for i, g in enumerate(grad_seq[4:], start=4):
+        sched.apply(resumed, i)
+        resumed.update(p2, g)
+    for k in SHAPES:
+        np.testing.assert_array_equal(p2[k], p1[k], err_msg=k)
+
+
+def _saved(sd):
+    import io
+    f = io.BytesIO()
+    np.savez(f, **sd)
+    f.seek(0)
+    return f
+
+
+def test_state_dict_order_is_the_run_order_whatever_the_hash_seed():
+    """State fields are created and listed in name order, parameters in their first update's order: the dict
+    (and so a checkpoint's optim/<n> numbering) is the same in every process."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np; from gpucnn import optim; o = optim.Adam(amsgrad=True); "
+            "p = {'b': np.zeros(3), 'a': np.zeros(2)}; o.update(p, {k: np.ones_like(v) for k, v in p.items()}); "
+            "print(' '.join(o.state_dict()))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1
+    keys = outs.pop().split()
+    assert keys[-10:] == [f"state/{p}/{f}" for p in "ba" for f in ("step", "shape", "exp_avg", "exp_avg_sq",
+                                                                    "max_exp_avg_sq")]
+
+
+@pytest.mark.parametrize("groups,exc,match", [
+    ([{"params": ["0.W"], "lr": 0.1}], ValueError, r"group 0 sets lr, which a group of SGD cannot set \(a group's "
+                                                   r"rate is lr_scale \* lr\)"),
+    ([{"params": ["0.W"], "amsgrad": True}], ValueError, r"changes the optimizer's state arrays \(max_exp_avg_sq\)"),
+    ([{"weight_decay": 0.0}], TypeError, r"group 0 must be a dict with a 'params' entry"),
+    ([{"params": "0.W"}], TypeError, r"'params' must be a list of parameter names or a rule"),
+    ({"params": ["0.W"]}, TypeError, r"groups must be a list of dicts"),
+    ([{"params": ["0.W"], "lr_scale": -1}], ValueError, r"lr_scale must be a finite number >= 0"),
+    ([{"params": ["0.W"], "momentum": -0.5}], ValueError, r"group 0: .*momentum must be"),
+])
+def test_bad_groups_are_refused_at_construction(groups, exc, match):
+    cls = optim.Adam if "amsgrad" in str(groups) else optim.SGD
+    with pytest.raises(exc, match=match):
+        cls(groups=groups)
+
+
+def test_groups_naming_missing_parameters_or_a_changed_model_are_refused():
+    params = make_params(np.float64)
+    grads = make_grads(np.float64, 1)[0]
+    with pytest.raises(ValueError, match=r"group 0 names parameters the model does not have: \['2\.W'\]"):
+        optim.SGD(groups=[{"params": ["2.W"]}]).update(params, grads)
+    opt = optim.SGD(groups=[{"params": optim.no_weight_decay}])
+    with pytest.raises(ValueError, match=r"rules, resolved against the parameters at the first update"):
+        opt.state_dict()
+    opt.update(params, grads)
+    with pytest.raises(ValueError, match=r"groups were resolved against .* build a new optimizer"):
+        opt.update({**params, "9.W": np.zeros(2)}, {**grads, "9.W": np.zeros(2)})

@@ -1,6 +1,7 @@
 """The trainer: outputs, reproducibility, bit-identical resume, numerical faults, and no host syncs per step."""
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +9,9 @@ import pytest
 
 from _synth import rewrite_checkpoint, write_idx_dataset
 from gpucnn import devices as backend
-from gpucnn.train import checkpoint
-from gpucnn.train import loop as T
-from gpucnn.train import NumericalFaultError, TrainConfig, evaluate, train
+from gpucnn.train import checkpoint, inputs
+from gpucnn.train import fitting as F
+from gpucnn.train import NumericalFaultError, Progress, TrainConfig, evaluate, resume_config, train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TIMING_KEYS = ("seconds", "images_per_second")
@@ -62,11 +63,13 @@ def test_a_run_writes_metrics_checkpoint_and_pictures(data_dir, tmp_path):
     ck = checkpoint.load(out / "checkpoint.npz")
     assert (ck.epoch, ck.step, ck.model_name) == (2, 2 * 8, "lenet5")   # 256 images / 32 per batch
     assert ck.model_kwargs == {"in_channels": 1, "input_size": [16, 16], "num_classes": 10}
-    assert ck.config["lr"] == 2e-3 and ck.history == rows
+    assert ck.config["lr"] == 2e-3 and ck.history == without_timing(rows)   # timing only in metrics.jsonl
     for name in ("curves.png", "filters.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sum(line.startswith("epoch ") for line in lines) == 2
-    assert sorted(os.listdir(out)) == ["checkpoint.npz", "curves.png", "filters.png", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint.npz", "config.json", "curves.png", "filters.png",
+                                       "metrics.jsonl", "results.json"]
+    assert json.loads((out / "config.json").read_text()) == ck.config
 
 
 def test_same_seed_gives_bit_identical_metrics_and_params(data_dir, tmp_path):
@@ -95,7 +98,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(data_dir, tmp_path, mod
         train(config(data_dir, tmp_path / "resumed", **kw), log=crash_after_epoch_2)
     assert checkpoint.load(tmp_path / "resumed" / "checkpoint.npz").epoch == 2
     # what the CLI does: the saved run's settings, continued
-    resumed = run(T.resume_config(str(tmp_path / "resumed"), log_every=1e9))
+    resumed = run(resume_config(str(tmp_path / "resumed"), log_every=1e9))
 
     assert without_timing(resumed["history"]) == without_timing(full["history"])
     a = checkpoint.load(tmp_path / "full" / "checkpoint.npz")
@@ -142,7 +145,8 @@ def test_resume_from_well_formed_file_with_unusable_contents_names_it(data_dir, 
 @pytest.mark.parametrize("limit,steps", [(65, 2), (66, 3), (64, 2), (1, 1)])
 def test_a_last_training_batch_of_one_is_left_out(data_dir, tmp_path, limit, steps):
     """BatchNorm has no statistics for one sample: such a last batch is dropped (unless it is all there is)."""
-    _, train_loader, test_loader = T._loaders(config(data_dir, tmp_path, limit_train=limit, limit_test=33), "cpu")
+    data = inputs.prepare("mnist", seed=1, limit_train=limit, limit_test=33, data_dir=data_dir, download=False)
+    train_loader, _, test_loader = inputs.loaders(data, batch_size=32, seed=1, augment=False, device="cpu")
     assert len(train_loader) == steps == len(list(train_loader))
     assert sum(len(x) for x, _ in test_loader) == 33
 
@@ -171,12 +175,12 @@ class PoisonedLoader:
 @pytest.fixture
 def poison(monkeypatch):
     def install(*bad):
-        real = T._loaders
+        real = inputs.loaders
 
-        def loaders(cfg, device):
-            train_set, train_loader, test_loader = real(cfg, device)
-            return train_set, PoisonedLoader(train_loader, bad), test_loader
-        monkeypatch.setattr(T, "_loaders", loaders)
+        def loaders(*args, **kwargs):
+            train_loader, val_loader, test_loader = real(*args, **kwargs)
+            return PoisonedLoader(train_loader, bad), val_loader, test_loader
+        monkeypatch.setattr(inputs, "loaders", loaders)
     return install
 
 
@@ -225,6 +229,13 @@ def test_no_host_sync_per_step_on_the_gpu_path(data_dir, tmp_path):
 
     n, n2 = transfers(64), transfers(128)    # 2 steps and 4 steps in the epoch
     assert n == n2
+    # with validation data too: its evaluation reads back once, whatever the number of steps
+    backend.transfer_stats.reset()
+    run(config(data_dir, tmp_path / "v64", device="emulated", epochs=1, limit_train=80, val_split=0.2))
+    v = backend.transfer_stats.device_to_host
+    backend.transfer_stats.reset()
+    run(config(data_dir, tmp_path / "v128", device="emulated", epochs=1, limit_train=160, val_split=0.2))
+    assert backend.transfer_stats.device_to_host == v
     # the counter does see reads: refreshing progress at every step costs a read per step
     assert transfers(128, log_every=0) >= n2 + 4
 
@@ -300,11 +311,11 @@ def test_real_fashion_mnist_short_run(tmp_path):
 def test_without_matplotlib_pictures_are_skipped_with_one_line(data_dir, tmp_path, monkeypatch):
     from gpucnn.train import plots
     monkeypatch.setattr(plots, "available", lambda: False)
-    monkeypatch.setattr(T, "_warned_no_matplotlib", False)
+    monkeypatch.setattr(F, "PLOT_INTERVAL", 0.0)      # pictures asked for at every epoch: still one line
     lines = []
     run(config(data_dir, tmp_path / "r", epochs=2), lines)
     assert sum("matplotlib is not installed" in line for line in lines) == 1
-    assert sorted(os.listdir(tmp_path / "r")) == ["checkpoint.npz", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["checkpoint.npz", "config.json", "metrics.jsonl", "results.json"]
 
 
 def test_filter_grid_tiles_each_filter_scaled_on_its_own():
@@ -333,28 +344,87 @@ class FakeTTY:
         pass
 
 
-def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise():
+@pytest.fixture
+def clock(monkeypatch):
+    """A settable time.perf_counter for the progress module."""
+    from gpucnn.train import progress
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+    return now
+
+
+def test_progress_redraws_on_a_terminal_and_prints_lines_otherwise(clock):
     term = FakeTTY(True)
-    p = T.Progress(stream=term)
+    p = Progress(stream=term, use_tqdm=False)
     assert p.interval == 0.25
-    p.show("epoch 1/2", 5, 10, "loss 0.5")
-    p.show("epoch 1/2", 10, 10, "loss 0.4")
+    p.begin("epoch 1/2", 10)
+    clock[0] += 12.0
+    p.show(5, "loss 0.5")                     # 12 s for 5 of 10: 12 s left
+    clock[0] += 68.0
+    p.show(10, "loss 0.4")
     p.clear()
     assert term.text.count("\r\033[K") == 3 and "\n" not in term.text
-    assert "[##########..........] 5/10 loss 0.5" in term.text
+    assert "epoch 1/2 [##########..........] 5/10 00:12<00:12 loss 0.5" in term.text
+    assert "[####################] 10/10 01:20<00:00 loss 0.4" in term.text
     log = FakeTTY(False)
-    p = T.Progress(stream=log)
+    p = Progress(stream=log)
     assert p.interval == 10.0 and not p.due()
-    p.show("epoch 1/2", 5, 10, "loss 0.5")
+    p.begin("epoch 1/2 validation", 4)
+    clock[0] += 3725.0
+    assert p.due()
+    p.show(1)
     p.clear()
-    assert log.text == "epoch 1/2 5/10 loss 0.5\n"
+    assert log.text == "epoch 1/2 validation 1/4 1:02:05<3:06:15\n"
+
+
+def test_progress_uses_tqdm_on_a_terminal_when_installed(monkeypatch):
+    """tqdm is optional: when it imports, a terminal gets its bar (which shows elapsed time and ETA itself)."""
+    import sys
+    import types
+    made = []
+
+    class FakeBar:
+        def __init__(self, total, desc, file, **kw):
+            self.total, self.desc, self.n, self.postfix, self.closed = total, desc, 0, "", False
+            made.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, text):
+            self.postfix = text
+
+        def close(self):
+            self.closed = True
+    monkeypatch.setitem(sys.modules, "tqdm", types.SimpleNamespace(tqdm=FakeBar))
+    term = FakeTTY(True)
+    p = Progress(stream=term)
+    p.begin("epoch 2/3", 8)
+    p.show(3, "loss 0.3")
+    p.show(8, "loss 0.2")
+    p.clear()
+    assert len(made) == 1 and (made[0].desc, made[0].total, made[0].n, made[0].postfix) == ("epoch 2/3", 8, 8,
+                                                                                          "loss 0.2")
+    assert made[0].closed and term.text == ""
+    assert Progress(stream=FakeTTY(False)).tqdm is None       # a log gets plain lines even with tqdm installed
+
+
+def test_progress_shows_the_evaluation_phase(data_dir, tmp_path, monkeypatch):
+    """log_every=0 redraws at every step: the lines name each epoch's steps and its evaluation, with timing."""
+    import io
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    run(config(data_dir, tmp_path / "r", epochs=1, limit_train=64, limit_test=64, log_every=0))
+    lines = stream.getvalue().splitlines()
+    assert any(re.match(r"epoch 1/1 2/2 \d\d:\d\d<\d\d:\d\d loss [\d.]+ acc [\d.]+% \d+ img/s", x) for x in lines)
+    assert any(re.match(r"epoch 1/1 test 1/1 \d\d:\d\d<\d\d:\d\d$", x) for x in lines), lines
 
 
 def test_default_weight_decay_depends_on_the_optimizer():
-    assert T.weight_decay_for(TrainConfig()) == 0.05 == T.DEFAULT_WEIGHT_DECAY["adamw"]
-    assert T.weight_decay_for(TrainConfig(optimizer="sgd")) == 0.0      # an L2 term that size would be too strong
-    assert T.weight_decay_for(TrainConfig(optimizer="sgd", weight_decay=1e-4)) == 1e-4
-    assert T.weight_decay_for(TrainConfig(weight_decay=0.0)) == 0.0
+    assert F.weight_decay_for("adamw", None) == 0.05 == F.DEFAULT_WEIGHT_DECAY["adamw"]
+    assert F.weight_decay_for("sgd", None) == 0.0      # an L2 term that size would be too strong
+    assert F.weight_decay_for("sgd", 1e-4) == 1e-4
+    assert F.weight_decay_for("AdamW", 0.0) == 0.0
 
 
 def test_the_run_uses_the_resolved_weight_decay(data_dir, tmp_path):

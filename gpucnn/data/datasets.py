@@ -77,7 +77,8 @@ def dataset_spec(name: str) -> _Spec:
     canonical = _ALIASES.get(key) or _ALIASES.get(key.replace("-", ""))
     if canonical is None:
         raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)} "
-                           f"(aliases: fashion_mnist, fmnist, cifar-10)")
+                           f"(aliases: fashion_mnist, fmnist, cifar-10), or a path to an .npz file or an image "
+                           f"folder")
     return DATASETS[canonical]
 
 
@@ -85,7 +86,8 @@ def dataset_spec(name: str) -> _Spec:
 
 @dataclass(frozen=True, repr=False)
 class Dataset:
-    """One split of a dataset: uint8 images (N, C, H, W), int64 labels (N,), and what they mean."""
+    """One split of a dataset: images (N, C, H, W), uint8 (0-255) or float32 (taken as scaled to [0, 1]),
+    int64 labels (N,), and what they mean (class names, where they came from, per-channel statistics or None)."""
     images: np.ndarray
     labels: np.ndarray
     classes: list

@@ -1,6 +1,8 @@
 """The DataLoader: per-epoch shuffling from (seed, epoch), crop/flip augmentation, normalisation, transfer."""
 from __future__ import annotations
 
+from typing import Iterator, Protocol
+
 import numpy as np
 
 from ..devices import device_scope, get_device, host_rng, ops, to_cpu, to_device
@@ -10,6 +12,27 @@ from .datasets import Dataset, channel_stats
 # -------------------------------------------------------------------------------------------- loader
 
 AUGMENTATIONS = ("crop", "flip")
+
+
+class Loader(Protocol):
+    """What the trainer asks of a loader; :class:`DataLoader` is one, a loader keeping the images on the
+    device (gathering, normalising and augmenting batches there) can be another.
+
+    ``set_epoch(e)`` fixes the order and augmentation of the next iteration from (seed, e); iterating yields
+    ``(x, y)``: x float (N, C, H, W) normalised, y int64 (N,), both on the model's device; ``len()`` is the
+    number of batches per epoch and ``num_examples`` the number of examples served per epoch.
+    """
+
+    batch_size: int
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator: ...
+
+    @property
+    def num_examples(self) -> int: ...
 
 
 class DataLoader:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from .datasets import (CIFAR_ARCHIVE, CIFAR_FOLDER, Dataset, DatasetError, dataset_spec)
+from .files import is_path, load_path
 from .readers import read_cifar10, read_mnist
 
 DATA_ENV = "GPUCNN_DATA"
@@ -80,12 +81,17 @@ def _read(spec, split, found) -> tuple[np.ndarray, np.ndarray]:
 
 def load_dataset(name: str, split: str = "train", data_dir=None, download: bool = True, progress=True,
                  mirror: str | None = None, timeout: float = TIMEOUT) -> Dataset:
-    """One split of 'mnist', 'fashion-mnist' or 'cifar10', from the first place that has it, else downloaded.
+    """One split of 'mnist', 'fashion-mnist' or 'cifar10', from the first place that has it, else downloaded;
+    or of your own data: `name` a path to an .npz file or an image folder (see :mod:`.files`; split "train",
+    "test" or "val"; data_dir and download do not apply).
 
     Looks in :func:`search_places` order; downloads into ``<data_dir>/<name>`` (or ``~/.cache/gpucnn/<name>``)
     from ``mirror`` / ``$GPUCNN_MIRROR`` / the official URLs, verifying SHA-256. Files found but corrupt raise
-    DatasetError rather than being skipped.
+    DatasetError rather than being skipped. A known data set name means the built-in one; anything else that
+    looks like a path (a separator, an .npz suffix, or an existing file or folder) is read as your own data.
     """
+    if is_own_data(name):
+        return load_path(name, split)
     spec = dataset_spec(name)
     if split not in ("train", "test"):
         raise DatasetError(f"{spec.name}: unknown split {split!r}: expected 'train' or 'test'")
@@ -113,6 +119,15 @@ def load_dataset(name: str, split: str = "train", data_dir=None, download: bool 
     raise DatasetError(_not_found_message(spec, split, places, download, failures, mirror))
 
 
+def is_own_data(name) -> bool:
+    """True when a data set argument is a path to your own data rather than a built-in data set's name."""
+    try:
+        dataset_spec(name)
+        return False
+    except DatasetError:
+        return is_path(name)
+
+
 def _dataset(spec, split, found):
     images, labels = _read(spec, split, found)
     return Dataset(images, labels, list(spec.classes), spec.name, split,
@@ -130,14 +145,14 @@ def _not_found_message(spec, split, places, download, failures, mirror):
             seen.add(folder)
             msg.append(f"  {folder}  ({why})")
     if not download:
-        msg.append("Downloading was turned off (download=False).")
+        msg.append("Downloading was turned off (--no-download).")
     msg += [f"Download failed: {e}" for e in failures]
     msg.append("To get it:")
     if spec.hint:
         msg.append(f"  - {spec.hint}")
     base = _base_urls(spec, mirror)[0]
     msg.append(f"  - {'or ' if spec.hint else ''}download {', '.join(base + n for n in names)} by hand into "
-               f"one of the folders above (or into a folder you pass as data_dir / --data-dir)")
+               f"one of the folders above (or into a folder you pass with --data-dir)")
     return "\n".join(msg)
 
 

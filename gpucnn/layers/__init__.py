@@ -4,7 +4,7 @@ One module per family, as ``torch.nn.modules``: :mod:`.base` (Layer), :mod:`.con
 :mod:`.pooling`, :mod:`.linear`, :mod:`.activation`, :mod:`.dropout`, :mod:`.normalization`, :mod:`.loss` and
 :mod:`.containers`; every layer is importable from here (``from gpucnn.layers import Conv2D``).
 """
-from . import init
+from . import init  # noqa: F401 (gpucnn.layers.init: the initialisers)
 from .activation import LeakyReLU, ReLU, Sigmoid, Tanh
 from .base import Layer
 from .containers import Concat, Container, Residual, Sequential

@@ -3,7 +3,7 @@
 An optimizer updates a dict of parameter arrays (keys like "0.W") in place from a dict of gradients with the
 same keys, with torch.optim's update rules. Per-parameter state lives on the parameter's device and is created
 at the first update; step counts and bias corrections stay on the host, so an update never syncs with the
-device.
+device. Parameter groups (``groups=``, see :mod:`.groups`) give some parameters their own hyper-parameters.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from numbers import Real
 import numpy as np
 
 from .. import devices
+from . import groups as _groups
 
 # ----------------------------------------------------------------------------------------- validation
 
@@ -69,7 +70,11 @@ class Optimizer:
 
     Subclasses list their hyper-parameters in `hparams` (constructor argument names, also attributes) and
     implement `_state_fields()` (names of the per-parameter arrays), `_step()` (which may get flat blocks of
-    the arrays, so it works elementwise and only reads "step") and, when zeros are not the start, `_init_state()`.
+    the arrays, so it works elementwise and only reads "step" and the hyper-parameters of `self`) and, when
+    zeros are not the start, `_init_state()`; their constructors end with ``self._set_groups(groups)``.
+
+    ``groups``: a list of ``{"params": names or rule(name, param) -> bool, **hyper-parameters}`` (see
+    :mod:`gpucnn.optim.groups`); a group's rate is ``lr_scale`` (default 1) times ``lr``, which schedules set.
     """
 
     hparams: tuple[str, ...] = ()
@@ -78,6 +83,57 @@ class Optimizer:
         self._state = {}      # param name -> {"step": host int, field -> array on the param's device}
         self._shapes = {}     # param name -> shape the state was made for
         self._pending = False  # state was loaded and is still on the host, not yet matched with params
+        self._groups = []     # [(names or rule, overrides)]
+        self._members = None  # after resolve(): param name -> group index (absent: the optimizer's own)
+        self._group_cache = (None, [])
+
+    def _set_groups(self, groups):
+        """Validate and keep the parameter groups (the overrides are checked by building each group's optimizer)."""
+        self._groups = _groups.check_groups(self.kind, groups, self.hparams)
+        self._group_optimizers()
+
+    def _own_hparams(self) -> dict:
+        return {k: getattr(self, k) for k in self.hparams}
+
+    def _group_optimizers(self) -> list:
+        """One optimizer per group holding that group's hyper-parameters (rebuilt when this one's change)."""
+        key = tuple(repr(getattr(self, k)) for k in self.hparams if k != "lr")
+        if self._group_cache[0] == key and len(self._group_cache[1]) == len(self._groups):
+            return self._group_cache[1]
+        built = []
+        for i, (_, overrides) in enumerate(self._groups):
+            hp = {k: v for k, v in overrides.items() if k != "lr_scale"}
+            try:
+                opt = type(self)(**{**self._own_hparams(), **hp})
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{self.kind}: group {i}: {e}") from None
+            if opt._state_fields() != self._state_fields():
+                changed = sorted(opt._state_fields() ^ self._state_fields())
+                raise ValueError(f"{self.kind}: group {i} sets {', '.join(sorted(overrides))}, which changes the "
+                                 f"optimizer's state arrays ({', '.join(changed)}): set it for the whole optimizer")
+            built.append(opt)
+        self._group_cache = (key, built)
+        return built
+
+    @property
+    def groups(self) -> list[dict]:
+        """The groups as given, resolved to parameter names once :meth:`resolve` (or an update) has run."""
+        return [{"params": select, **overrides} for select, overrides in self._groups]
+
+    def resolve(self, params: dict):
+        """Assign every parameter to its group, once (the first update does it otherwise); returns self."""
+        members = _groups.resolve(self.kind, self._groups, params)
+        self._members = {name: i for i, names in enumerate(members) for name in names}
+        self._resolved_for = set(params)
+        self._groups = [(names, overrides) for names, (_, overrides) in zip(members, self._groups)]
+        return self
+
+    def _config_for(self, name):
+        """(the optimizer whose hyper-parameters `name` uses, the rate factor of its group)."""
+        i = self._members.get(name) if self._members else None
+        if i is None:
+            return self, 1.0
+        return self._group_optimizers()[i], self._groups[i][1].get("lr_scale", 1.0)
 
     @property
     def kind(self) -> str:
@@ -100,6 +156,13 @@ class Optimizer:
         """
         if self._pending:
             self._adopt(params)
+        if self._groups:
+            if self._members is None:
+                self.resolve(params)
+            elif set(params) != self._resolved_for:
+                raise ValueError(f"{self.kind}.update: the parameter groups were resolved against "
+                                 f"{sorted(self._resolved_for)}, got {sorted(params)}; build a new optimizer "
+                                 f"for a changed model")
         lr = float(self.lr)
         jobs = []
         for name, p in params.items():
@@ -115,25 +178,25 @@ class Optimizer:
             if st is None:
                 st = self._state[name] = {"step": 0}
                 self._shapes[name] = tuple(p.shape)
-            jobs.append((xp, p, g, st))
-        for xp, p, g, st in jobs:
+            jobs.append((xp, p, g, st, *self._config_for(name)))
+        for xp, p, g, st, opt, _ in jobs:
             st["step"] += 1
             if not self._state_fields() <= set(st):
                 with devices.device_scope(p):
-                    self._init_state(xp, p, st)
-        run = lambda job: self._step(*job, lr)
-        if any(devices.is_gpu_array(job[1]) for job in jobs):
-            for job in jobs:
-                with devices.device_scope(job[1]):   # each parameter's own GPU current (cuda:N)
-                    run(job)
-        else:
-            for job in jobs:
-                for block in _blocks(*job):
-                    run(block)
+                    opt._init_state(xp, p, st)
+        on_gpu = any(devices.is_gpu_array(job[1]) for job in jobs)
+        for xp, p, g, st, opt, factor in jobs:
+            if on_gpu:
+                with devices.device_scope(p):   # each parameter's own GPU current (cuda:N)
+                    opt._step(xp, p, g, st, lr * factor)
+            else:
+                for block in _blocks(xp, p, g, st):
+                    opt._step(*block, lr * factor)
 
     def _init_state(self, xp, p, st):
-        """Create the missing per-parameter state arrays, zeros by default."""
-        for field in self._state_fields() - set(st):
+        """Create the missing per-parameter state arrays, zeros by default (in name order, so that a state
+        dict's order never depends on set iteration, i.e. on PYTHONHASHSEED)."""
+        for field in sorted(self._state_fields() - set(st)):
             st[field] = xp.zeros_like(p)
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -141,19 +204,26 @@ class Optimizer:
     def state_dict(self) -> dict:
         """A flat dict of plain Python values and host numpy arrays: `np.savez(f, **opt.state_dict())` works.
 
-        Keys: "optimizer" (class name), "hparams/<name>", "state/<param>/step", "state/<param>/shape",
-        "state/<param>/<field>" (arrays copied to the host).
+        Keys: "optimizer" (class name), "hparams/<name>", with groups "groups/<i>/params" (names, in the
+        parameters' order) and "groups/<i>/<hyper-parameter>", then per parameter (in the order of the first
+        update) "state/<param>/step", "state/<param>/shape" and "state/<param>/<field>" (arrays copied to the
+        host, fields in name order): the same run gives the same dict in the same order.
+        ValueError when groups were given as rules and not yet resolved (no update nor resolve() yet).
         """
         d = {"optimizer": self.kind}
         for k in self.hparams:
             v = getattr(self, k)
             d[f"hparams/{k}"] = list(v) if isinstance(v, tuple) else v
+        if self._groups:
+            if self._members is None and any(callable(select) for select, _ in self._groups):
+                raise ValueError(f"{self.kind}.state_dict: the parameter groups are rules, resolved against the "
+                                 f"parameters at the first update; call resolve(params) or update() first")
+            d.update(_groups.encode(self._groups, [list(select) for select, _ in self._groups]))
         for name, st in self._state.items():
             d[f"state/{name}/step"] = st["step"]
             d[f"state/{name}/shape"] = list(self._shapes[name])
-            for field, arr in st.items():
-                if field != "step":
-                    d[f"state/{name}/{field}"] = np.array(devices.to_cpu(arr), copy=True)
+            for field in sorted(f for f in st if f != "step"):
+                d[f"state/{name}/{field}"] = np.array(devices.to_cpu(st[field]), copy=True)
         return d
 
     def load_state_dict(self, d: dict, params: dict | None = None):
@@ -172,12 +242,13 @@ class Optimizer:
             if f"hparams/{k}" not in d:
                 raise ValueError(f"{where}: hyper-parameter {k!r} is missing from the state dict")
             hp[k] = _plain(d[f"hparams/{k}"])
-        fresh = type(self)(**hp)  # validates the saved hyper-parameters
+        saved_groups = _groups.decode(where, d, _plain)
+        fresh = type(self)(**hp, groups=saved_groups)  # validates the saved hyper-parameters and groups
         expected = fresh._state_fields()
 
         state, shapes = {}, {}
         for key, value in d.items():
-            if key == "optimizer" or key.startswith("hparams/"):
+            if key == "optimizer" or key.startswith(("hparams/", "groups/")):
                 continue
             if not key.startswith("state/") or key.count("/") < 2:
                 raise ValueError(f"{where}: unexpected entry {key!r} in the state dict")
@@ -203,6 +274,9 @@ class Optimizer:
 
         for k in self.hparams:
             setattr(self, k, getattr(fresh, k))
+        if saved_groups is not None:   # the saved groups, as name lists, replace the ones given
+            self._groups, self._group_cache = fresh._groups, (None, [])
+            self._members = None    # resolved (checked against the parameters) at the next update
         self._state, self._shapes, self._pending = state, shapes, bool(state)
         if params is not None and self._pending:
             self._adopt(params)
@@ -233,7 +307,7 @@ class SGD(Optimizer):
 
     hparams = ("lr", "momentum", "nesterov", "weight_decay", "dampening")
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0):
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0, groups=None):
         super().__init__()
         self.lr = _real("SGD", "lr", lr)
         self.momentum = _real("SGD", "momentum", momentum)
@@ -243,6 +317,7 @@ class SGD(Optimizer):
         if self.nesterov and (self.momentum == 0 or self.dampening != 0):
             raise ValueError(f"SGD: nesterov=True needs momentum > 0 and dampening = 0, "
                              f"got momentum={self.momentum}, dampening={self.dampening}")
+        self._set_groups(groups)
 
     def _state_fields(self):
         return {"momentum_buffer"} if self.momentum else set()
@@ -269,13 +344,15 @@ class AdaGrad(Optimizer):
 
     hparams = ("lr", "eps", "weight_decay", "initial_accumulator_value", "lr_decay")
 
-    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0, lr_decay=0.0):
+    def __init__(self, lr=0.01, eps=1e-10, weight_decay=0.0, initial_accumulator_value=0.0, lr_decay=0.0,
+                 groups=None):
         super().__init__()
         self.lr = _real("AdaGrad", "lr", lr)
         self.eps = _real("AdaGrad", "eps", eps)
         self.weight_decay = _real("AdaGrad", "weight_decay", weight_decay)
         self.initial_accumulator_value = _real("AdaGrad", "initial_accumulator_value", initial_accumulator_value)
         self.lr_decay = _real("AdaGrad", "lr_decay", lr_decay)
+        self._set_groups(groups)
 
     def _state_fields(self):
         return {"sum"}
@@ -302,7 +379,8 @@ class RMSprop(Optimizer):
 
     hparams = ("lr", "alpha", "eps", "weight_decay", "momentum", "centered")
 
-    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+    def __init__(self, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                 groups=None):
         super().__init__()
         self.lr = _real("RMSprop", "lr", lr)
         self.alpha = _real("RMSprop", "alpha", alpha, hi=1.0)
@@ -310,6 +388,7 @@ class RMSprop(Optimizer):
         self.weight_decay = _real("RMSprop", "weight_decay", weight_decay)
         self.momentum = _real("RMSprop", "momentum", momentum)
         self.centered = bool(centered)
+        self._set_groups(groups)
 
     def _state_fields(self):
         return {"square_avg"} | ({"momentum_buffer"} if self.momentum else set()) | (
@@ -351,7 +430,7 @@ class Adam(Optimizer):
     hparams = ("lr", "betas", "eps", "weight_decay", "amsgrad")
     decoupled_weight_decay = False
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, groups=None):
         super().__init__()
         kind = self.kind
         self.lr = _real(kind, "lr", lr)
@@ -364,6 +443,7 @@ class Adam(Optimizer):
         self.eps = _real(kind, "eps", eps)
         self.weight_decay = _real(kind, "weight_decay", weight_decay)
         self.amsgrad = bool(amsgrad)
+        self._set_groups(groups)
 
     def _state_fields(self):
         return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if self.amsgrad else set())
@@ -400,8 +480,8 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
-        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, groups=None):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, groups=groups)
 
 
 _OPTIMIZERS = {

@@ -2,8 +2,12 @@
 
 Layout (no pickles, so loading never runs code): ``__format__`` (int version), ``__meta__`` (a JSON
 string: model name and constructor kwargs, epoch, global step, host RNG state, run configuration,
-metrics history, the optimizer state's skeleton), ``model/<key>`` (the model's state_dict) and
-``optim/<n>`` (the arrays of the optimizer state, referenced from the skeleton).
+metrics history, the optimizer state's skeleton, and ``data``: class names, image shape and the
+normalisation the model was trained with), ``model/<key>`` (the model's state_dict) and ``optim/<n>``
+(the arrays of the optimizer state, referenced from the skeleton, numbered in the state's order).
+
+The same contents give the same bytes: np.savez dates every zip member 1980-01-01 (zipfile's default, not
+the time of writing), and every name and order comes from the run, never from set iteration or hashing.
 
 A write goes to a temporary file in the same directory, is flushed and fsynced, then renamed over the
 old checkpoint (``os.replace`` is atomic) and the directory is fsynced: a crash at any moment leaves
@@ -44,6 +48,7 @@ class Checkpoint:
     rng_state: dict | None
     config: dict
     history: list = field(default_factory=list)
+    data: dict = field(default_factory=dict)
 
     def check_model(self, model):
         """Raise CheckpointError unless the model's state_dict has exactly this checkpoint's keys and shapes."""
@@ -60,7 +65,7 @@ class Checkpoint:
 
 def save(path, *, model_name: str, model_kwargs: dict, model_state: dict, optim_state: dict | None = None,
          epoch: int = 0, step: int = 0, rng_state: dict | None = None, config: dict | None = None,
-         history: list | None = None) -> str:
+         history: list | None = None, data: dict | None = None) -> str:
     """Write a checkpoint atomically to `path` (see the module docstring); returns the path."""
     path = os.fspath(path)
     arrays = {f"model/{k}": np.ascontiguousarray(to_cpu(v)) for k, v in model_state.items()}
@@ -74,6 +79,7 @@ def save(path, *, model_name: str, model_kwargs: dict, model_state: dict, optim_
         "config": _jsonable(config or {}),
         "history": _jsonable(history or []),
         "optim": _encode(optim_state, optim_arrays) if optim_state is not None else None,
+        "data": _jsonable(data or {}),
     }
     arrays.update(optim_arrays)
     arrays["__format__"] = np.array(FORMAT_VERSION, dtype=np.int64)
@@ -145,7 +151,7 @@ def load(path, model=None) -> Checkpoint:
     if missing:
         raise CheckpointError(f"checkpoint {path}: corrupt metadata, missing {', '.join(missing)}")
     types = {"model_name": str, "model_kwargs": dict, "epoch": int, "step": int, "config": dict,
-             "history": list, "rng_state": (dict, type(None)), "optim": (dict, type(None))}
+             "history": list, "rng_state": (dict, type(None)), "optim": (dict, type(None)), "data": dict}
     wrong = [k for k, t in types.items() if k in meta and not isinstance(meta[k], t)]
     if wrong:
         raise CheckpointError(f"checkpoint {path}: corrupt metadata, {', '.join(wrong)} of the wrong type")
@@ -162,7 +168,7 @@ def load(path, model=None) -> Checkpoint:
     ckpt = Checkpoint(path=path, version=version, model_name=meta["model_name"],
                       model_kwargs=meta["model_kwargs"], model_state=model_state, optim_state=optim_state,
                       epoch=int(meta["epoch"]), step=int(meta["step"]), rng_state=meta["rng_state"],
-                      config=meta["config"], history=meta.get("history") or [])
+                      config=meta["config"], history=meta.get("history") or [], data=meta.get("data") or {})
     if model is not None:
         ckpt.load_into(model)
     return ckpt

@@ -27,18 +27,26 @@ def available() -> bool:
     return _pyplot() is not None
 
 
-def plot_curves(history: list[dict], path, title: str = "") -> str:
-    """Loss and accuracy per epoch, train and test, side by side; `history` holds metrics.jsonl rows."""
+def plot_curves(history: list[dict], path, title: str = "", best_epoch: int | None = None) -> str:
+    """Loss and accuracy per epoch side by side, for each of train, validation and test that the rows hold;
+    `history` holds metrics.jsonl rows (an epoch without a value is left out of that line); `best_epoch`, the
+    epoch chosen by validation, is marked by a dashed line."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     try:
-        for split, style in (("train", "-o"), ("test", "-s")):
-            ax_loss.plot(epochs, [h[f"{split}_loss"] for h in history], style, label=split, markersize=3)
-            ax_acc.plot(epochs, [100 * h[f"{split}_acc"] for h in history], style, label=split, markersize=3)
+        for split, label, style in (("train", "train", "-o"), ("val", "validation", "-^"), ("test", "test", "-s")):
+            points = [(h["epoch"], h[f"{split}_loss"], h[f"{split}_acc"]) for h in history
+                      if h.get(f"{split}_loss") is not None and h.get(f"{split}_acc") is not None]
+            if points:
+                x, loss, acc = zip(*points)
+                ax_loss.plot(x, loss, style, label=label, markersize=3)
+                ax_acc.plot(x, [100 * a for a in acc], style, label=label, markersize=3)
         ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
         ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
         for ax in (ax_loss, ax_acc):
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="gray", linestyle="--", linewidth=1, label=f"chosen (epoch {best_epoch})")
             ax.grid(alpha=0.3)
             ax.legend()
             if epochs:
