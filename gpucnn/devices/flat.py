@@ -24,8 +24,8 @@ class FlatArrays:
     """Named arrays as views into one contiguous 1-D buffer, in the order given.
 
     ``FlatArrays(arrays)`` allocates the buffer on the arrays' device and copies each array into its view (one
-    device copy each, once); ``FlatArrays.zeros_like(other)`` / ``full_like`` make another one of the same
-    layout without copying anything. ``buffer`` (1-D), ``views`` (name -> array of the original shape),
+    device copy each, once); ``FlatArrays.full(arrays, value)`` takes only their layout (one fill), and
+    ``full_like(other, value)`` another FlatArrays' layout. ``buffer`` (1-D), ``views`` (name -> array of the original shape),
     ``offsets`` (name -> (start, stop) in elements), ``names`` (in buffer order). Raises ValueError for arrays of
     several dtypes or devices, or none.
     """
@@ -58,17 +58,20 @@ class FlatArrays:
             _owners[id(v)] = self
 
     @classmethod
-    def full_like(cls, other: "FlatArrays", value) -> "FlatArrays":
-        """A new FlatArrays of `other`'s layout (names, shapes, dtype, device), every element `value`."""
-        xp = core.get_array_module(other.buffer)
-        with core.device_scope(other.buffer):
-            buffer = xp.full(other.buffer.shape, value, dtype=other.dtype)
-        return cls({n: other.views[n] for n in other.names}, _buffer=buffer)
+    def full(cls, arrays: dict, value) -> "FlatArrays":
+        """A new FlatArrays laid out for `arrays` (names, shapes, dtype, device), every element `value`; the
+        arrays' values are not copied."""
+        first = next(iter(arrays.values()))
+        xp = core.get_array_module(first)
+        size = sum(int(np.prod(a.shape, dtype=np.int64)) for a in arrays.values())
+        with core.device_scope(first):
+            buffer = xp.full(size, value, dtype=first.dtype)
+        return cls(arrays, _buffer=buffer)
 
     @classmethod
-    def zeros_like(cls, other: "FlatArrays") -> "FlatArrays":
-        """A new FlatArrays of `other`'s layout, all zeros."""
-        return cls.full_like(other, 0)
+    def full_like(cls, other: "FlatArrays", value) -> "FlatArrays":
+        """A new FlatArrays of `other`'s layout, every element `value`."""
+        return cls.full({n: other.views[n] for n in other.names}, value)
 
     @property
     def size(self) -> int:
