@@ -304,6 +304,11 @@ def test_every_source_compiles_once_per_process(kernel_device):
         ops.lrn_backward(x, *ops.lrn_forward(x, 3, 1e-4, 0.75, 2.0), x, 3, 1e-4, 0.75)
         labels = to(kernel_device)(np.zeros(4, np.int64))
         ops.xent_reduce(*ops.xent_forward(x.reshape(4, 4), labels, None, -100, 0.0)[:2], True)
+        ops.sgd_step(x.reshape(-1).copy(), x.reshape(-1), None, 0.1, 0.0, 0.0, True, 0.0, False)
+        ops.nonfinite_check(x.reshape(-1), None, 1, to(kernel_device)(np.array(-1)))
+        ops.gather_batch(to(kernel_device)(np.zeros((2, 1, 2, 2), np.uint8)), labels[:2],
+                         to(kernel_device)(np.zeros((1, 4), np.int32)), False, False, 0, x.reshape(-1)[:1],
+                         x.reshape(-1)[:1], np.float32)
     counts = kernels.compile_counts()
     for source in kernels.sources():
         assert counts[(source, str(kernel_device))] == 1
