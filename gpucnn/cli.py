@@ -198,7 +198,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, devices, CUDA and kernel status")
     sub.add_parser("models", help="the models and their parameter counts")
-    cli_interop.add_export_parser(sub)
+    cli_interop.add_export_parser(sub, _lower)
     return parser
 
 

@@ -14,8 +14,9 @@ FORMATS = ("onnx", "safetensors", "torch")
 META_DATASET, META_DATA_DIR, META_MEAN, META_STD = "gpucnn.dataset", "gpucnn.data_dir", "gpucnn.mean", "gpucnn.std"
 
 
-def add_export_parser(sub):
-    """The ``export`` subcommand's parser, added to `sub` (argparse subparsers)."""
+def add_export_parser(sub, name_type=str):
+    """The ``export`` subcommand's parser, added to `sub` (argparse subparsers); `name_type` converts the values
+    of --format and --names (gpucnn.cli passes its case-folding one: option values are case-insensitive)."""
     from .interop import DEFAULT_OPSET
     x = sub.add_parser("export", help="write a checkpoint's model as ONNX, safetensors or a PyTorch state dict",
                        description="Write the model of a checkpoint for other runtimes: an ONNX file (inference "
@@ -23,9 +24,9 @@ def add_export_parser(sub):
                                    "(gpucnn[safetensors]) or a PyTorch state dict for torch.load (torch). PyTorch "
                                    "names and layouts are those of gpucnn.interop.torch_twin.")
     x.add_argument("--checkpoint", required=True, help="a checkpoint.npz written by gpucnn train")
-    x.add_argument("--format", required=True, choices=FORMATS, help="onnx, safetensors or torch")
+    x.add_argument("--format", required=True, type=name_type, choices=FORMATS, help="onnx, safetensors or torch")
     x.add_argument("--out", required=True, help="the file to write")
-    x.add_argument("--names", choices=("gpucnn", "torch"), default="gpucnn",
+    x.add_argument("--names", type=name_type, choices=("gpucnn", "torch"), default="gpucnn",
                    help="safetensors: gpucnn's parameter names (0.W) or PyTorch's (0.weight) (default gpucnn)")
     x.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"onnx: opset version (default {DEFAULT_OPSET})")
     return x
@@ -115,7 +116,9 @@ class _OnnxModel:
 
 def cmd_eval_onnx(args, confusion_table) -> int:
     """``gpucnn eval --onnx PATH``: the same report as ``eval --checkpoint`` (accuracy, loss, confusion matrix,
-    printed by `confusion_table`), computed by onnxruntime on the test split named in the file's metadata."""
+    printed by `confusion_table`), computed by onnxruntime on the test split of the data set named in the file's
+    metadata, or of --dataset (normalised as the file's metadata says); ValueError for --split or --model, which
+    only eval --checkpoint takes, and for a data set whose images the file does not take."""
     from . import data, interop
     from .train import evaluate
     if args.device not in (None, "cpu"):
@@ -129,7 +132,18 @@ def cmd_eval_onnx(args, confusion_table) -> int:
     if META_DATASET not in meta:
         raise ValueError(f"ONNX model {args.onnx}: its metadata does not name the data set it was trained on "
                          f"({META_DATASET}); export it with gpucnn export --format onnx")
-    test_set = data.load_dataset(meta[META_DATASET], "test", data_dir=args.data_dir or meta.get(META_DATA_DIR))
+    for option, value in (("--split", None if args.split == "test" else args.split), ("--model", args.model)):
+        if value is not None:
+            raise ValueError(f"{option} {value}: eval --onnx scores the test split of the run's data set (or of "
+                             f"--dataset) with the file's own graph; {option} applies to eval --checkpoint")
+    own_data = args.dataset is not None and args.dataset != meta[META_DATASET]
+    dataset = args.dataset if own_data else meta[META_DATASET]
+    data_dir = args.data_dir or (None if own_data else meta.get(META_DATA_DIR))
+    test_set = data.load_dataset(dataset, "test", data_dir=data_dir, download=args.download)
+    want = tuple(d if isinstance(d, int) else None for d in session.get_inputs()[0].shape[1:])
+    if any(w is not None and w != g for w, g in zip(want, test_set.image_shape)):
+        raise ValueError(f"ONNX model {args.onnx}: takes {'x'.join(map(str, want))} images, but {dataset} has "
+                         f"{'x'.join(map(str, test_set.image_shape))} images")
     norm = {k: json.loads(meta[m]) for k, m in (("mean", META_MEAN), ("std", META_STD)) if m in meta}
     loader = data.DataLoader(test_set, batch_size=args.batch_size, shuffle=False, seed=0, normalize=True,
                              augment=False, device="cpu", drop_last=False, limit=args.limit_test, **norm)

@@ -357,7 +357,7 @@ def spec_of(fn) -> str:
 def build(model, in_channels: int, input_size, num_classes: int):
     """A model for the data: `model` a zoo name, a spec ('my_net.py:build', 'module:function') or a function,
     called with those of in_channels, input_size ((h, w)) and num_classes that it takes. Returns the Layer;
-    ValueError when the function does not return one."""
+    ValueError when the function requires another parameter or does not return a Layer."""
     from .layers import Layer
 
     kwargs = {"in_channels": int(in_channels), "input_size": tuple(int(s) for s in _size(input_size)),
@@ -369,10 +369,18 @@ def build(model, in_channels: int, input_size, num_classes: int):
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
         params = {}
+    name = model if isinstance(model, str) else getattr(model, "__qualname__", repr(model))
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = [p.name for p in params.values() if p.default is inspect.Parameter.empty and (
+        p.kind is inspect.Parameter.POSITIONAL_ONLY or p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                                  inspect.Parameter.KEYWORD_ONLY)
+        and p.name not in kwargs)]
+    if unknown:
+        raise ValueError(f"model {name}: the function requires {', '.join(unknown)}, which gpucnn cannot pass: it "
+                         f"passes those of {', '.join(SHAPE_ARGS)} (by keyword) that the function takes, so "
+                         f"name its parameters so or give them defaults")
     out = fn(**{k: v for k, v in kwargs.items() if takes_all or k in params})
     if not isinstance(out, Layer):
-        name = model if isinstance(model, str) else getattr(model, "__qualname__", repr(model))
         raise ValueError(f"model {name}: returned {type(out).__name__}, expected a gpucnn Layer such as "
                          f"gpucnn.Sequential(...)")
     return out

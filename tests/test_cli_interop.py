@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from _synth import write_idx_dataset
+from _synth import write_idx_dataset, write_npz_dataset
 from gpucnn import cli, data, models
 from gpucnn.interop import torch_twin
 from gpucnn.train import checkpoint
@@ -76,6 +76,30 @@ def test_lenet5_trained_on_fashion_mnist_exports_with_the_same_accuracy(tmp_path
         "--limit-test", "1000", "--device", "cpu", "--out", out)   # the training's own evaluation, kept short
     check_exports(capsys, out, "fashion-mnist", FASHION, None)
 
+
+
+def test_eval_onnx_honours_dataset_and_refuses_options_it_cannot_apply(tmp_path, capsys):
+    data_dir = write_idx_dataset(tmp_path, n_train=64, n_test=32, size=16)
+    out = tmp_path / "run"
+    run(capsys, "train", "--dataset", "mnist", "--data-dir", data_dir, "--no-download", "--epochs", "1",
+        "--batch-size", "32", "--device", "cpu", "--out", out)
+    onnx_path = tmp_path / "m.onnx"
+    run(capsys, "export", "--checkpoint", out / "checkpoint.npz", "--format", "ONNX", "--out", onnx_path)  # any case
+    other = tmp_path / "other"
+    other.mkdir()
+    write_idx_dataset(other, n_train=8, n_test=40, size=16, seed=3)
+    by_onnx = run(capsys, "eval", "--onnx", onnx_path, "--dataset", "mnist", "--data-dir", other)
+    by_ckpt = run(capsys, "eval", "--checkpoint", out / "checkpoint.npz", "--dataset", "mnist", "--data-dir", other,
+                  "--device", "cpu")
+    assert "40 images" in by_onnx and accuracy_line(by_onnx) == accuracy_line(by_ckpt)
+    npz = write_npz_dataset(tmp_path / "own.npz", n_train=8, n_test=16, size=16, classes=10)
+    assert "own test, 16 images" in run(capsys, "eval", "--onnx", onnx_path, "--dataset", npz)
+    small = write_npz_dataset(tmp_path / "small.npz", n_train=8, n_test=8, size=12)
+    for args, pattern in [(["--split", "train"], r"--split train: eval --onnx scores the test split"),
+                          (["--model", "lenet5"], r"--model lenet5: eval --onnx .*applies to eval --checkpoint"),
+                          (["--dataset", small], r"m.onnx: takes 1x16x16 images, but .*small.npz has 1x12x12")]:
+        assert cli.main(["eval", "--onnx", str(onnx_path), *map(str, args)]) == 2, args
+        assert_one_error_line(capsys.readouterr().err, pattern)
 
 def test_export_and_eval_onnx_errors_are_one_line(tmp_path, capsys, monkeypatch):
     data_dir = write_idx_dataset(tmp_path, n_train=64, n_test=32, size=16)

@@ -445,6 +445,20 @@ def test_statistics_computed_from_arrays_when_not_given():
     np.testing.assert_allclose(xb.std(axis=(0, 2, 3)), 1, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_a_constant_channel_gets_std_one_and_normalises_to_zero(dtype):
+    x = sample_images(12, 5, 4, c=3, seed=5)
+    x[:, 2] = 40                                   # an unused colour channel: one value everywhere
+    x = x if dtype == np.uint8 else (x / 255.0).astype(np.float32)
+    scale = 255.0 if dtype == np.uint8 else 1.0
+    mean, std = data.channel_stats(x)
+    np.testing.assert_allclose(mean[2], 40 / 255.0, rtol=1e-6)
+    assert std[2] == 1.0 and 0 < std[0] < 1 and 0 < std[1] < 1
+    np.testing.assert_allclose(std[:2], (x[:, :2] / scale).std(axis=(0, 2, 3)), rtol=1e-6)
+    xb, _ = next(iter(DataLoader((x, np.zeros(12, int)), batch_size=12, shuffle=False)))
+    assert np.all(np.isfinite(xb)) and np.abs(xb[:, 2]).max() < 1e-6
+
 def test_dataset_constants_are_used():
     x, y = indexed_arrays(10)
     ds = Dataset(x, y, [str(i) for i in range(10)], "t", "train", "", (0.25,), (0.5,))

@@ -142,6 +142,9 @@ def test_fit_argument_errors(arrays, tmp_path):
     with pytest.raises(gpucnn.DatasetError, match=r"the test images are 1x8x8, but the training images are "
                                                   r"1x12x12"):
         gpucnn.fit(small_net, (x, y), test=(x[:4, :8, :8], y[:4]), **QUIET)
+    with pytest.raises(gpucnn.DatasetError, match=r"train images: images that are not uint8 are taken as pixel "
+                                                  r"values scaled to \[0, 1\], but these range from 0 to \d+: divide"):
+        gpucnn.fit(small_net, (x.astype(np.float32), y), **QUIET)     # 0-255 values as floats: not divided
 
 
 def test_an_existing_run_is_never_overwritten_without_resume_or_overwrite(arrays, tmp_path):

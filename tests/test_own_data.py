@@ -46,6 +46,11 @@ def test_npz_float_images_splits_and_class_names(tmp_path):
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, -1, 2])}, r"negative label -1"),
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.arange(3)}, r"holds 4 images but y_train holds 3"),
     ({"x_train": np.full((4, 8, 8), np.nan, np.float32)}, r"NaN or infinite pixel values"),
+    ({"x_train": np.full((4, 8, 8), 255.0, np.float32)}, r"x_train: images that are not uint8 are taken as pixel "
+                                                          r"values scaled to \[0, 1\], but these range from 255 to "
+                                                          r"255: divide 0-255 values by 255"),
+    ({"x_train": np.linspace(-1.5, 2, 256).reshape(4, 8, 8)}, r"range from -1.5 to 2: .*before any normalisation"),
+    ({"x_train": np.full((4, 8, 8), 1000, np.int16)}, r"range from 1000 to 1000"),
     ({"images": np.zeros((4, 8, 8), np.uint8)}, r"expected arrays x_train and y_train .*got images"),
     ({"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.arange(4), "classes": np.array(["a", "b"])},
      r"a label is 3, but 'classes' names only 2 classes"),
@@ -55,6 +60,13 @@ def test_npz_problems_name_the_file_and_what_to_do(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DatasetError, match=r"bad\.npz.*" + message):
         data.load_dataset(tmp_path / "bad.npz")
+
+
+def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path):
+    (tmp_path / "notes.npz").write_text("x_train,y_train\n1,2\n")
+    with pytest.raises(DatasetError, match=r"notes\.npz: not a readable \.npz file \(ValueError: not a zip archive "
+                                           r"as np\.savez writes \(it starts with b'x_tr'\)\)$"):
+        data.load_dataset(tmp_path / "notes.npz")
 
 
 def test_npz_layout_entry_settles_ambiguity_and_missing_splits_are_named(tmp_path):
@@ -158,3 +170,18 @@ def test_own_model_from_a_file_or_a_module(tmp_path, monkeypatch):
                           ("my_net.py:no_layer", r"returned list, expected a gpucnn Layer")]:
         with pytest.raises(ValueError, match=message):
             models.build(spec, in_channels=1, input_size=12, num_classes=4)
+
+
+def test_own_model_with_parameters_gpucnn_cannot_pass_is_a_clear_error(tmp_path):
+    (tmp_path / "nets.py").write_text(
+        "import gpucnn\n"
+        "def wrong_names(channels, classes):\n    raise AssertionError('must not be called')\n"
+        "def positional_only(in_channels, /):\n    raise AssertionError('must not be called')\n"
+        "def with_defaults(in_channels, width=8, *, num_classes, depth=2):\n"
+        "    return gpucnn.Sequential(gpucnn.Flatten(), gpucnn.Affine(in_channels * 16, num_classes))\n")
+    for func, missing in [("wrong_names", "channels, classes"), ("positional_only", "in_channels")]:
+        with pytest.raises(ValueError, match=rf"nets\.py:{func}: the function requires {missing}, which gpucnn "
+                                             rf"cannot pass: it passes those of in_channels, input_size, num_classes"):
+            models.build(f"{tmp_path / 'nets.py'}:{func}", in_channels=1, input_size=4, num_classes=3)
+    net = models.build(f"{tmp_path / 'nets.py'}:with_defaults", in_channels=2, input_size=4, num_classes=3)
+    assert net.output_shape((5, 2, 4, 4)) == (5, 3)

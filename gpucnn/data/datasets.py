@@ -122,16 +122,21 @@ class Dataset:
 
 
 def channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[tuple, tuple]:
-    """Per-channel mean and std of images/255 (uint8 NCHW), accumulated in chunks without a float64 copy."""
+    """Per-channel mean and std of images/255 (uint8 NCHW; float images as they are), accumulated in chunks
+    without a float64 copy. A channel that holds one value in every image (an unused colour channel) gets std
+    1 instead of 0, as scikit-learn's StandardScaler does, so normalising maps it to 0 instead of dividing by 0."""
     c = images.shape[1]
     s = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
+    lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
     for i in range(0, len(images), chunk):
         x = images[i:i + chunk].astype(np.float32)
         s += x.sum(axis=(0, 2, 3), dtype=np.float64)
         s2 += np.einsum("nchw,nchw->c", x, x, dtype=np.float64)
+        lo, hi = np.minimum(lo, x.min(axis=(0, 2, 3))), np.maximum(hi, x.max(axis=(0, 2, 3)))
     count = images.size / c
     mean = s / count
     std = np.sqrt(np.maximum(s2 / count - mean ** 2, 0.0))
+    std[lo == hi] = 255.0 if images.dtype == np.uint8 else 1.0
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     return tuple(float(m / scale) for m in mean), tuple(float(v / scale) for v in std)

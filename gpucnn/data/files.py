@@ -1,8 +1,9 @@
 """Your own data: an ``.npz`` file of arrays or a folder of images, as Datasets like the built-in ones.
 
 ``.npz``: ``x_train``, ``y_train`` and optionally ``x_test``, ``y_test``, ``x_val``, ``y_val``, ``classes`` (class
-names) and ``layout`` ("NCHW" or "NHWC"). Images are uint8 (0-255) or float (kept as float32; the loader takes
-them as scaled to [0, 1] and normalises them with their own statistics), shaped (N, H, W) for one channel or
+names) and ``layout`` ("NCHW" or "NHWC"). Images are uint8 (0-255) or float (kept as float32; pixel values
+scaled to [0, 1], as ``predict`` reads PNG/JPEG files (x / 255): values outside are a DatasetError; the loader
+normalises them with their own statistics), shaped (N, H, W) for one channel or
 4-D in NCHW or NHWC; labels are integers 0..K-1 shaped (N,) or (N, 1).
 
 Layout rule (:func:`images_nchw`): of axes 1 and 3, the channel axis is the one of length 1, 3 or 4 when
@@ -29,6 +30,7 @@ SPLITS = ("train", "test", "val")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LAYOUTS = ("NCHW", "NHWC")
 _CHANNEL_COUNTS = (1, 3, 4)
+FLOAT_SLACK = 1e-3   # float images may stray this far outside [0, 1] (rounding of resampling or colour conversion)
 
 
 def is_path(source) -> bool:
@@ -66,6 +68,10 @@ def load_path(path, split: str = "train") -> Dataset:
 
 def _open_npz(path):
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] != b"PK":        # not a zip archive: np.load would try it as a pickle and say so, confusingly
+            raise ValueError(f"not a zip archive as np.savez writes (it starts with {magic!r})")
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
         raise DatasetError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
@@ -124,8 +130,9 @@ def class_indices(y, where) -> np.ndarray:
 
 
 def images_nchw(x, where: str, layout: str | None = None) -> np.ndarray:
-    """Images as (N, C, H, W): uint8 kept, other numbers as float32; (N, H, W) gets one channel; 4-D arrays
-    follow `layout` or the rule in the module docstring. DatasetError naming `where` otherwise."""
+    """Images as (N, C, H, W): uint8 kept (and other integers within 0-255 made uint8), other numbers as float32,
+    which must lie in [0, 1]; (N, H, W) gets one channel; 4-D arrays follow `layout` or the rule in the module
+    docstring. DatasetError naming `where` otherwise."""
     x = np.asarray(x)
     if x.dtype == np.bool_ or not (x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating)
                                    or np.issubdtype(x.dtype, np.integer)):
@@ -157,6 +164,12 @@ def images_nchw(x, where: str, layout: str | None = None) -> np.ndarray:
             x = x.astype(np.float32)
             if not np.all(np.isfinite(x)):
                 raise DatasetError(f"{where}: holds NaN or infinite pixel values")
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:   # else prediction on PNG/JPEG files (x / 255) is wrong
+                raise DatasetError(
+                    f"{where}: images that are not uint8 are taken as pixel values scaled to [0, 1], but these range "
+                    f"from {lo:g} to {hi:g}: divide 0-255 values by 255 or store them as uint8, and give images "
+                    f"before any normalisation (gpucnn normalises with the training images' statistics)")
     return np.ascontiguousarray(x)
 
 
