@@ -5,7 +5,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from ..devices import get_device, host_rng, to_cpu, to_device
+from ..devices import device_scope, get_device, host_rng, ops, to_cpu, to_device
 from .datasets import Dataset, channel_stats
 
 
@@ -44,7 +44,14 @@ class DataLoader:
     Normalisation is ``(x/255 - mean) / std`` per channel for uint8 images (``x/255`` alone when
     ``normalize=False``); float images are taken as already scaled to [0, 1]. mean/std come from the Dataset,
     the arguments, or are computed from the images given. ``limit`` keeps the first n examples. Images and
-    labels given as device arrays are copied to the host once (batches are made there and sent to `device`).
+    labels given as device arrays are copied to the host once.
+
+    On a GPU, uint8 images stay on the device: they and the labels are uploaded once (at the first iteration),
+    each epoch's order, crops and flips (:meth:`draws`) are drawn on the host and uploaded as one table when the
+    epoch starts, and each batch is one kernel gathering, cropping, flipping and normalising its images there
+    (kernels/data.cu): a training step makes no host work and no host-to-device copy for its data. Elsewhere
+    (the CPU, float images) the same draws are applied by the kernel's numpy twin and the batch is sent to
+    `device`. Either way an epoch's batches are the same, bit for bit on the CPU.
     """
 
     def __init__(self, data, batch_size=128, shuffle=True, seed=0, normalize=True, augment=(), device="cpu",
@@ -89,6 +96,8 @@ class DataLoader:
         self.device = get_device(device)
         self.epoch = 0
         self._scale, self._shift = self._normalisation(normalize, mean, std)
+        self._resident = None      # (images, labels, scale, shift) on the device, once uploaded
+        self._fixed_draws = None   # the device draws of a loader without shuffling or augmentation
 
     def _normalisation(self, normalize, mean, std):
         """Per-channel (scale, shift) with x_out = x * scale - shift, as (1, C, 1, 1) arrays of self.dtype."""
@@ -122,46 +131,60 @@ class DataLoader:
         n = len(self.labels)
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
+    def draws(self, epoch: int) -> np.ndarray:
+        """What epoch `epoch` serves, in order: an (examples served, 4) int32 table of (example index, crop row
+        offset, crop column offset, mirrored) per example, all drawn from ``default_rng([seed, epoch])``: the
+        permutation first, then per batch its crop offsets (0..2*pad, rows then columns) and its flips."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n = len(self.labels)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        stop = n - n % self.batch_size if self.drop_last else n
+        table = np.zeros((stop, 4), np.int32)
+        table[:, 0] = order[:stop]
+        for start in range(0, stop, self.batch_size):
+            rows = table[start:start + self.batch_size]
+            if "crop" in self.augment:
+                rows[:, 1:3] = rng.integers(0, 2 * self.pad + 1, size=(2, len(rows))).T
+            if "flip" in self.augment:
+                rows[:, 3] = rng.random(len(rows)) < 0.5
+        return table
+
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        return self._batches(epoch)
+        resident = self._on_device()
+        if resident is None:
+            return self._batches(self.draws(epoch), (self.images, self.labels, self._scale.reshape(-1),
+                                                     self._shift.reshape(-1)))
+        if self._fixed_draws is not None:
+            return self._batches(self._fixed_draws, resident)
+        with device_scope(self.device):
+            draws = to_device(self.draws(epoch), self.device)   # the epoch's one upload, before its first step
+        if not self.shuffle and not self.augment:
+            self._fixed_draws = draws
+        return self._batches(draws, resident)
 
-    def _batches(self, epoch):
-        rng = np.random.default_rng([self.seed, epoch])
-        n = len(self.labels)
-        idx = rng.permutation(n) if self.shuffle else None
-        stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
-            sel = slice(start, min(start + self.batch_size, n)) if idx is None else idx[start:start + self.batch_size]
-            x = self.images[sel]
-            y = self.labels[sel]
-            if "crop" in self.augment:
-                x = self._crop(x, rng)
-            if "flip" in self.augment:
-                x = self._flip(x, rng)
-            yield to_device(self._normalise(x), self.device), to_device(np.ascontiguousarray(y), self.device)
+    def _on_device(self):
+        """(images, labels, scale, shift) on the GPU, uploaded at the first call; None where batches are made
+        on the host (the CPU, or float images)."""
+        if not self.device.is_gpu or self.images.dtype != np.uint8:
+            return None
+        if self._resident is None:
+            with device_scope(self.device):
+                self._resident = tuple(to_device(np.ascontiguousarray(a), self.device) for a in (
+                    self.images, self.labels, self._scale.reshape(-1), self._shift.reshape(-1)))
+        return self._resident
 
-    def _normalise(self, x):
-        out = np.empty(x.shape, self.dtype)
-        np.multiply(x, self._scale, out=out, dtype=self.dtype)
-        np.subtract(out, self._shift, out=out)
-        return out
-
-    def _crop(self, x, rng):
-        """Random crops of the zero-padded images, same size as the input (offsets in 0..2*pad)."""
-        p = self.pad
-        b, c, h, w = x.shape
-        padded = np.zeros((b, c, h + 2 * p, w + 2 * p), x.dtype)
-        padded[:, :, p:p + h, p:p + w] = x
-        dy, dx = rng.integers(0, 2 * p + 1, size=(2, b))
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
-        return windows[np.arange(b), :, dy, dx]
-
-    def _flip(self, x, rng):
-        """Each image mirrored left-right with probability 1/2."""
-        mask = rng.random(len(x)) < 0.5
-        return np.where(mask[:, None, None, None], x[..., ::-1], x)
+    def _batches(self, draws, data):
+        images, labels, scale, shift = data
+        crop, flip = "crop" in self.augment, "flip" in self.augment
+        for start in range(0, len(draws), self.batch_size):
+            with device_scope(draws):   # not across the yield: the consumer runs in its own scope
+                x, y = ops.gather_batch(images, labels, draws[start:start + self.batch_size], crop, flip, self.pad,
+                                        scale, shift, self.dtype)
+            if images is self.images:   # made on the host: send it
+                x, y = to_device(x, self.device), to_device(y, self.device)
+            yield x, y
 
     def __repr__(self):
         return (f"DataLoader({self.name}, {self.num_examples} examples, batch_size={self.batch_size}, "

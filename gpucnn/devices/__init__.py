@@ -9,6 +9,7 @@ device) and :mod:`.dlpack` (other libraries' arrays without a copy). Importing t
 emulated device with the core.
 """
 from . import core, counters, cuda, emulated, emulator
+from . import flat  # noqa: F401 (gpucnn.devices.flat: flat parameter buffers, used as devices.flat)
 from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, DeviceMismatchError, DeviceTimer,
                    device_of, device_scope, get_array_module, get_device, get_rng_state, host_rng, is_gpu_array,
                    random_uniform, seed, set_rng_state, synchronize, to_cpu, to_device)

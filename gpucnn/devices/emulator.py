@@ -64,6 +64,9 @@ inline int __float_as_int(float v) { int i; std::memcpy(&i, &v, sizeof i); retur
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, sizeof d); return d; }
 inline long long __double_as_longlong(double v) { long long i; std::memcpy(&i, &v, sizeof i); return i; }
 template <typename T> inline T atomicAdd(T* address, T value) { T old = *address; *address = old + value; return old; }
+template <typename T> inline T atomicCAS(T* address, T compare, T value) {
+  T old = *address; if (old == compare) *address = value; return old;
+}
 """
 
 # C parameter type -> numpy dtype of the value CUDA reads.

@@ -39,6 +39,22 @@ KERNELS = {
     "maxpool_backward": ("pooling.cu", "maxpool_backward"),
     "avgpool_forward": ("pooling.cu", "avgpool_forward"),
     "avgpool_backward": ("pooling.cu", "avgpool_backward"),
+    # the fused passes (launchers in .fused, twins in .fused_twins)
+    "bias_act": ("activation.cu", "bias_act"),
+    "relu_backward": ("activation.cu", "relu_backward"),
+    "xent_forward": ("loss.cu", "xent_forward"),
+    "xent_reduce": ("loss.cu", "xent_reduce"),
+    "xent_backward": ("loss.cu", "xent_backward"),
+    "lrn_forward": ("lrn.cu", "lrn_forward"),
+    "lrn_backward": ("lrn.cu", "lrn_backward"),
+    # the training step's (launchers in .step_kernels, twins in .step_twins)
+    "sgd_step": ("optim.cu", "sgd_step"),
+    "adagrad_step": ("optim.cu", "adagrad_step"),
+    "rmsprop_step": ("optim.cu", "rmsprop_step"),
+    "adam_step": ("optim.cu", "adam_step"),
+    "nonfinite_check": ("check.cu", "nonfinite_check"),
+    "accumulate_metrics": ("check.cu", "accumulate_metrics"),
+    "gather_batch": ("data.cu", "gather_batch"),
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -195,14 +211,22 @@ def _launch_config(total: int, launch):
     return (min((total + BLOCK - 1) // BLOCK, MAX_BLOCKS),), (BLOCK,)
 
 
-def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
-    """Launch the `op` kernel for `array`'s dtype and device: (total, *inputs, *geometry, *outputs)."""
+def launch(op: str, dtype, like, total: int, args, launch=None):
+    """Launch kernel `op` (a KERNELS name) in its variant for `dtype` (the name's _f32/_f64 suffix) on the
+    device of array `like`, with arguments (np.int64(total), *args) already in the kernel's C types, on a grid
+    of `total` threads (capped, the kernels' grid-stride loops cover the rest) or the given (grid, block)
+    `launch`. Nothing is launched for total == 0."""
     if total == 0:
         return
     source, base = KERNELS[op]
-    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(array.dtype)]}", core.device_of(array))
+    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(dtype)]}", core.device_of(like))
     grid, block = _launch_config(total, launch)
-    fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
+    fn(grid, block, (np.int64(total), *args))
+
+
+def _run(op: str, array, total: int, inputs, geometry, outputs, launch_config):
+    """Launch the `op` kernel for `array`'s dtype and device: (total, *inputs, *geometry, *outputs)."""
+    launch(op, array.dtype, array, total, (*inputs, *(np.int32(g) for g in geometry), *outputs), launch_config)
 
 
 def _geometry(what, shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):

@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Layer, _dtype_arg, _init_arg, _int_arg
+from ..devices import ops
+from ..devices.fused_twins import own_strides
+from .base import Layer, _dtype_arg, _init_arg, _int_arg, _on_argument_device
 from .init import initialise, zeros
 
 
 class Affine(Layer):
-    """Fully connected: y = x.reshape(N, -1) @ W + b, with W of shape (in_features, out_features)."""
+    """Fully connected: y = x.reshape(N, -1) @ W + b, with W of shape (in_features, out_features).
+
+    One GEMM, then one pass adding the bias in place (with the ReLU after it when the layer is followed by one
+    in a chain: :meth:`forward_relu`)."""
+
+    fuses_relu = True
 
     def __init__(self, in_features, out_features, init="he", dtype=np.float32):
         super().__init__()
@@ -29,9 +36,21 @@ class Affine(Layer):
         return (shape[0], self.out_features)
 
     def forward(self, x, train=None):
+        return self._forward(x, relu=False)
+
+    @_on_argument_device
+    def forward_relu(self, x, train=None):
+        """max(forward(x), 0), the ReLU applied in the pass that adds the bias (what a chain calls for this
+        layer followed by a ReLU; the ReLU then takes the result through ReLU.rectified)."""
+        return self._forward(x, relu=True)
+
+    def _forward(self, x, relu):
         self._begin(x)
         x2 = x.reshape(x.shape[0], -1)
-        return self._save((x2, x.shape), x2 @ self.params["W"] + self.params["b"])
+        y = x2 @ self.params["W"]
+        out = y.reshape(y.shape[0], 1, self.out_features, 1)
+        ops.bias_act(out, own_strides(out.shape), self.params["b"], out, relu)
+        return self._save((x2, x.shape), y)
 
     def backward(self, dout):
         x2, x_shape = self._saved(dout)

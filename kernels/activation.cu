@@ -1,0 +1,58 @@
+// The pass after a GEMM (bias, then optionally ReLU, written in NCHW order) and ReLU's backward pass.
+//
+// bias_act: y (N, G, OG, P), C-contiguous, from a GEMM's product read through element strides
+// (sn, sg, so, sq) for its (n, g, o, q) index: the product may be (G, OG, N*P) (a convolution's
+// W @ columns^T), (G, N*P, OG) (columns @ W^T) or (N, OG) (an affine layer), and this one pass both adds
+// the bias b[g*OG + o] (when has_bias) and moves the values to NCHW. With relu, y = max(v, 0) as
+// numpy.maximum(v, 0) computes it: NaN stays NaN, -0.0 becomes +0.0. src may be y itself when the strides
+// are y's own (an in-place pass), so neither pointer is __restrict__.
+// relu_backward: dx = dout where y > 0 or y is NaN, else exactly 0 (a selection, not a product: an
+// infinite or NaN dout gives 0 where the unit is off), as PyTorch's threshold_backward.
+// One thread per output element, grid-stride, 64-bit indices. Compiled after windows.cuh (GRID_STRIDE_LOOP).
+
+template <typename T>
+__device__ void bias_act_impl(long long total, const T* src, const T* bias, int G, int OG, int P, long long sn,
+                              long long sg, long long so, long long sq, int has_bias, int relu, T* y) {
+  GRID_STRIDE_LOOP(idx, total) {  // idx runs over (n, g, o, q) of y
+    long long r = idx / P;
+    const long long q = idx - r * P;
+    const int o = (int)(r % OG);
+    r /= OG;
+    const int g = (int)(r % G);
+    const long long n = r / G;
+    T v = src[n * sn + g * sg + o * so + q * sq];
+    if (has_bias) v += bias[g * OG + o];
+    if (relu && v <= T(0)) v = T(0);
+    y[idx] = v;
+  }
+}
+
+template <typename T>
+__device__ void relu_backward_impl(long long total, const T* __restrict__ y, const T* __restrict__ dout,
+                                   T* __restrict__ dx) {
+  GRID_STRIDE_LOOP(idx, total) {
+    dx[idx] = y[idx] <= T(0) ? T(0) : dout[idx];
+  }
+}
+
+extern "C" __global__ void bias_act_f32(long long total, const float* src, const float* bias, int G, int OG, int P,
+                                        long long sn, long long sg, long long so, long long sq, int has_bias,
+                                        int relu, float* y) {
+  bias_act_impl<float>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
+}
+
+extern "C" __global__ void bias_act_f64(long long total, const double* src, const double* bias, int G, int OG,
+                                        int P, long long sn, long long sg, long long so, long long sq, int has_bias,
+                                        int relu, double* y) {
+  bias_act_impl<double>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
+}
+
+extern "C" __global__ void relu_backward_f32(long long total, const float* __restrict__ y,
+                                             const float* __restrict__ dout, float* __restrict__ dx) {
+  relu_backward_impl<float>(total, y, dout, dx);
+}
+
+extern "C" __global__ void relu_backward_f64(long long total, const double* __restrict__ y,
+                                             const double* __restrict__ dout, double* __restrict__ dx) {
+  relu_backward_impl<double>(total, y, dout, dx);
+}
