@@ -406,12 +406,49 @@ def _ufunc(ufunc, method, inputs, kwargs):
     kwargs = {k: (_operands(v, what) if k != "out" else v) for k, v in kwargs.items()}
     if name == "matmul" and method == "__call__":
         count_matmul(*args[:2], out=kwargs["out"][0] if out is not None else None)
+        return _gemm(args[:2], kwargs["out"][0] if out is not None else None, out)
     else:
         counters.op(f"{_UFUNC_METHODS.get(method, 'ufunc')}:{name}")
     result = _quiet(getattr(ufunc, method), *args, **kwargs)
     if out is not None:
         return out[0] if len(out) == 1 else out
     return _wrap(result)
+
+
+# ------------------------------------------------------------------------------------------- GEMMs
+
+_tf32 = set()   # emulated GPUs whose float32 GEMMs run in TF32 (gpucnn.devices.precision sets it)
+
+
+def set_tf32(index: int, on: bool):
+    """Let emulated GPU `index` run float32 GEMMs as TF32 tensor cores do (cuBLAS's TF32 math mode): operands
+    rounded to a 10-bit mantissa (gpucnn.devices.precision.round_tf32), products summed in float32."""
+    (_tf32.add if on else _tf32.discard)(int(index))
+
+
+def tf32_enabled(index: int) -> bool:
+    return int(index) in _tf32
+
+
+def _gemm(operands, out_buffer, out):
+    """matmul on the emulated GPU as cuBLAS computes it: bfloat16 operands multiplied and summed in float32
+    (CUBLAS_COMPUTE_32F) and the result rounded to bfloat16 (numpy with ml_dtypes would return float32); float32
+    operands rounded to TF32 first when the device's TF32 mode is on. An `out` of another dtype gets the result
+    through a copy (CuPy's elementwise_copy, counted)."""
+    from . import precision
+    a, b = operands
+    dtype = np.promote_types(a.dtype, b.dtype)
+    if dtype.name == "bfloat16":
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    elif dtype == np.float32 and current() in _tf32:
+        a, b = precision.round_tf32(a), precision.round_tf32(b)
+    result = _quiet(np.matmul, a, b).astype(dtype, copy=False)
+    if out is None:
+        return _wrap(result)
+    if out_buffer.dtype != dtype:
+        counters.op("copy")
+    out_buffer[...] = result
+    return out[0] if len(out) == 1 else out
 
 
 class _Ufunc:
