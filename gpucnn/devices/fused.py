@@ -64,7 +64,7 @@ def bias_act(src, strides, bias, out, relu, *, launch=None):
         raise ValueError(f"{what}: expects {g * og} bias values, got {bias.size}")
     with core.device_scope(out):
         _launch(what, src.dtype, out, out.size,
-                (src, src if bias is None else bias, np.int32(g), np.int32(og), np.int32(p),
+                (src, out if bias is None else bias, np.int32(g), np.int32(og), np.int32(p),   # unread bias: float*
                  *(np.int64(s) for s in strides), np.int32(bias is not None), np.int32(bool(relu)), out), launch)
     return out
 
