@@ -77,12 +77,18 @@ def bf16_dtype():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def gemm_dtype(dtype):
-    """The dtype GEMM operands take in the current scope for layers of `dtype`: bfloat16 for float32 layers in
-    a bf16 scope, else `dtype` itself (float64 layers, used for gradient checks, are never lowered)."""
-    if get_precision() == "bf16" and np.dtype(dtype) == np.float32:
+def gemm_dtype(x):
+    """The dtype a layer's GEMM operands take for input `x` in the current scope: bfloat16 for a float32 array on
+    a GPU in a bf16 scope, else x's dtype (float64, used for gradient checks, is never lowered; the CPU computes
+    in float32, see the module doc)."""
+    if get_precision() == "bf16" and np.dtype(x.dtype) == np.float32 and core.is_gpu_array(x):
         return bf16_dtype()
-    return np.dtype(dtype)
+    return np.dtype(x.dtype)
+
+
+def lowered(a, dtype):
+    """`a` as `dtype` (one cast on the device), or `a` itself when it is of that dtype already."""
+    return a if np.dtype(a.dtype) == np.dtype(dtype) else a.astype(dtype)
 
 
 def _round_mantissa(x, dropped_bits: int):
