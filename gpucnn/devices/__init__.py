@@ -27,6 +27,6 @@ core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.Emul
 
 __all__ = ["CPU", "EMULATED", "DEVICE_ENV", "CudaUnavailableError", "Device", "DeviceMismatchError",
            "DeviceOpCounts", "DeviceTimer", "EmulatedArray", "count_device_ops", "counters", "cuda", "cuda_status",
-           "cupy_module", "device_of", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
+           "cupy_module", "device_of", "flat", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
            "get_device", "get_precision", "get_rng_state", "precision", "PRECISIONS", "PrecisionError", "host_rng", "is_gpu_array", "random_uniform", "seed", "set_rng_state",
            "synchronize", "to_cpu", "to_device", "transfer_stats"]
