@@ -123,6 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--clip", type=float, help="clip the global gradient norm to this value (default: no clipping)")
     t.add_argument("--augment", action="store_true", default=None,
                    help="random crops and flips of the training images")
+    t.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="label smoothing of the loss: targets 1 - EPS on the label plus EPS / classes on every "
+                        "class, as PyTorch's CrossEntropyLoss (default 0)")
     t.add_argument("--val-split", type=float, metavar="F",
                    help="hold out this fraction of the training images (drawn with --seed) as validation data: "
                         "metrics report it, best.npz keeps the best epoch, and the test split is scored once "
@@ -210,9 +213,9 @@ def _build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ train
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                 "decay_all", "schedule", "warmup", "clip", "augment", "val_split", "early_stop", "select",
-                 "test_every_epoch", "device", "precision", "seed", "out", "overwrite", "limit_train", "limit_test",
-                 "on_nonfinite", "log_every", "download")
+                 "decay_all", "schedule", "warmup", "clip", "augment", "label_smoothing", "val_split", "early_stop",
+                 "select", "test_every_epoch", "device", "precision", "seed", "out", "overwrite", "limit_train",
+                 "limit_test", "on_nonfinite", "log_every", "download")
 
 
 def _cmd_train(args) -> int:

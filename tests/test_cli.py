@@ -87,6 +87,7 @@ def test_default_out_dir_and_resume_via_main(data_dir, tmp_path, monkeypatch, ca
     (["train", "--optimizer", "lbfgs"], r"--optimizer: invalid choice"),
     (["train", "--on-nonfinite", "ignore"], r"--on-nonfinite: invalid choice"),
     (["train", "--lr", "-1"], r"lr must be a positive number"),
+    (["train", "--label-smoothing", "1"], r"label-smoothing must be a number in \[0, 1\), got 1.0"),
     (["train", "--device", "tpu"], r"unknown device 'tpu'"),
     (["train", "--device", "cuda"], r"device 'cuda' was asked for but CUDA is not usable.*--device cpu"),
     (["train", "--dataset", "imagenet"], r"unknown dataset 'imagenet'"),
@@ -266,8 +267,9 @@ def test_corrupt_dataset_files_are_one_line(data_dir, tmp_path, capsys):
 
 def test_a_checkpoint_from_before_data_and_decay_groups_still_resumes_evaluates_and_predicts(data_dir, tmp_path,
                                                                                           capsys):
-    """Older checkpoints have no 'data' entry (classes, normalisation) and no 'decay_all' setting: they meant
-    the built-in data set's published statistics and weight decay on every parameter."""
+    """Older checkpoints have no 'data' entry (classes, normalisation), no 'decay_all' and no 'label_smoothing'
+    setting: they meant the built-in data set's published statistics, weight decay on every parameter and no
+    smoothing."""
     import numpy as np
     from _synth import rewrite_checkpoint
 
@@ -277,11 +279,13 @@ def test_a_checkpoint_from_before_data_and_decay_groups_still_resumes_evaluates_
     def make_old(meta):
         del meta["data"]
         del meta["config"]["decay_all"]
+        del meta["config"]["label_smoothing"]
     rewrite_checkpoint(out / "checkpoint.npz", make_old)
     assert cli.main(["train", "--resume", "--out", str(out), "--epochs", "2"]) == 0
     assert "resuming" in capsys.readouterr().out
     from gpucnn.train import checkpoint
     resumed = checkpoint.load(out / "checkpoint.npz")
+    assert resumed.config["label_smoothing"] == 0.0
     assert resumed.config["decay_all"] is True and not [k for k in resumed.optim_state if k.startswith("groups/")]
     rewrite_checkpoint(out / "checkpoint.npz", make_old)
     assert cli.main(["eval", "--checkpoint", str(out / "checkpoint.npz"), "--data-dir", data_dir]) == 0

@@ -177,7 +177,8 @@ def test_version_help_choices_and_names_in_any_case(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("mnist, fashion-mnist, cifar10", "{sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw}",
                    "{constant,step,cosine}", "{loss,acc}", ", ".join(gpucnn.models.names()),
-                   "path/to/file.py:function", "--val-split F", "--early-stop N", "--decay-all", "--overwrite"):
+                   "path/to/file.py:function", "--val-split F", "--early-stop N", "--decay-all", "--overwrite",
+                   "--label-smoothing EPS"):
         assert needle in text, needle
     args = cli._build_parser().parse_args(["train", "--optimizer", "SGD", "--schedule", "Cosine", "--model",
                                            "LeNet-5", "--select", "ACC", "--on-nonfinite", "Skip"])

@@ -199,3 +199,27 @@ def test_trainer_default_keeps_biases_and_norms_out_of_weight_decay(arrays, tmp_
     assert state["groups/0/weight_decay"] == 0.0 and state["hparams/weight_decay"] == 0.05
     gpucnn.fit(small_net, (x, y), epochs=1, batch_size=64, out=tmp_path / "b", decay_all=True, **QUIET)
     assert not [k for k in checkpoint.load(tmp_path / "b" / "checkpoint.npz").optim_state if "groups" in k]
+
+
+def test_label_smoothing_trains_with_pytorchs_smoothed_loss_and_is_part_of_the_run(arrays, tmp_path):
+    (x, y), test = arrays
+    kw = dict(test=test, epochs=1, batch_size=64, seed=1, **QUIET)
+    plain = gpucnn.fit(small_net, (x, y), **kw)
+    smooth = gpucnn.fit(small_net, (x, y), label_smoothing=0.2, out=tmp_path / "s", **kw)
+    # the same first step, then other gradients: other weights, and a loss with the smoothing term
+    assert not np.array_equal(params(plain.model)["0.W"], params(smooth.model)["0.W"])
+    torch = pytest.importorskip("torch")
+    loader = gpucnn.DataLoader((test[0].transpose(0, 3, 1, 2), test[1]), batch_size=48, shuffle=False,
+                               mean=checkpoint.load(tmp_path / "s" / "checkpoint.npz").data["mean"],
+                               std=checkpoint.load(tmp_path / "s" / "checkpoint.npz").data["std"])
+    xb, yb = next(iter(loader))
+    logits = smooth.model.forward(xb, train=False)
+    want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(np.asarray(yb)).long(),
+                                             label_smoothing=0.2).item()
+    assert smooth["test_loss"][-1] == pytest.approx(want, rel=1e-5)
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["label_smoothing"] == 0.2
+    with pytest.raises(ValueError, match="--resume: .* label-smoothing 0.0 .*0.2"):
+        gpucnn.fit(small_net, (x, y), out=tmp_path / "s", resume=True, **{**kw, "epochs": 2})
+    for bad in (-0.1, 1.0, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="label-smoothing must be a number in \\[0, 1\\)"):
+            gpucnn.fit(small_net, (x, y), label_smoothing=bad, **kw)

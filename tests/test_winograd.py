@@ -88,6 +88,36 @@ def test_gpus_take_im2col_unless_told_otherwise(monkeypatch):
     assert counts.by_op["kernel:im2col_f32"] == 0
 
 
+def _step_ops(shape):
+    """Device operations of a 3x3 Conv2D followed by a ReLU on the emulated device: (forward, backward with
+    the input gradient), counted on a second step (kernels compiled, buffers made)."""
+    dev = backend.get_device("emulated")
+    net = L.Sequential(L.Conv2D(shape[1], 2 * shape[1], 3, padding=1), L.ReLU()).to(dev)
+    net.need_input_grad = True
+    x = backend.to_device(case_rng(shape).standard_normal(shape, dtype=np.float32), dev)
+    for _ in range(2):
+        with backend.count_device_ops() as forward:
+            y = net.forward(x, train=True)
+        with backend.count_device_ops() as backward:
+            net.backward(y)
+    assert forward.syncs == backward.syncs == forward.host_to_device == backward.host_to_device == 0
+    return forward.ops, backward.ops
+
+
+def test_im2col_costs_a_gpu_fewer_device_operations_than_winograd(monkeypatch):
+    """Why a GPU takes im2col (winograd.ON_GPU = False), counted: a 3x3 layer and its ReLU cost 4 device
+    operations forward and 7 backward through im2col (the ReLU fused), whatever its size, against 40 and
+    74-75 through the Winograd transforms as array passes (README, "GPU speed"; one more for a cut-off tile)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_ROWS", 1)
+    shape = (2, 4, 6, 5)
+    assert _step_ops(shape) == (4, 7)
+    monkeypatch.setattr(winograd, "ON_GPU", True)
+    assert L.Conv2D(4, 8, 3, padding=1).uses_winograd(shape, device="emulated")
+    forward, backward = _step_ops(shape)
+    assert forward >= 5 * 4 and backward >= 5 * 7, (forward, backward)
+
+
 def test_conv2d_chooses_winograd_only_for_3x3_stride_1_where_it_pays(monkeypatch):
     c = winograd.MIN_CHANNELS
     shape = (winograd.MIN_ROWS // 16, c, 8, 8)   # 16 tiles per sample: exactly MIN_ROWS rows

@@ -42,6 +42,7 @@ class TrainConfig:
     select: str = "loss"              # the validation metric that picks best.npz: "loss" or "acc"
     test_every_epoch: bool = False    # with validation data, score the test split every epoch too
     augment: bool | str = False       # True: the dataset's usual ones; or "crop", "flip", "crop,flip"
+    label_smoothing: float = 0.0      # the loss's epsilon: targets (1 - eps) one-hot + eps / classes
     on_nonfinite: str = "stop"        # "stop": fail with NumericalFaultError; "skip": skip such steps
     log_every: float | None = None    # seconds between progress updates; None: 0.25 on a tty, 10 otherwise
     download: bool = True             # download the dataset if it is not found locally
@@ -98,6 +99,7 @@ def train(config: TrainConfig, log=print) -> dict:
     history = fit(cfg.model, cfg.dataset, validation=validation, epochs=cfg.epochs, batch_size=cfg.batch_size,
                   optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, decay_all=cfg.decay_all,
                   schedule=cfg.schedule, warmup=cfg.warmup, clip=cfg.clip, augment=cfg.augment,
+                  label_smoothing=cfg.label_smoothing,
                   early_stopping=cfg.early_stop, select=cfg.select, test_every_epoch=cfg.test_every_epoch,
                   out=cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, device=cfg.device, seed=cfg.seed,
                   on_nonfinite=cfg.on_nonfinite, precision=cfg.precision, limit_train=cfg.limit_train, limit_test=cfg.limit_test,

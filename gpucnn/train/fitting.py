@@ -41,9 +41,10 @@ LENGTH_DEPENDENT = ("cosine", "step")
 # Settings that make a run what it is: a resumed run must keep them. The others (epochs, lr, clip, early_stop,
 # select, on_nonfinite, limit_test, device, ...) may change when a run is resumed.
 RUN_DEFINING = ("model", "dataset", "batch_size", "optimizer", "weight_decay", "decay_all", "schedule", "warmup",
-                "seed", "limit_train", "augment", "val_split")
-# What a setting missing from an older checkpoint meant: before parameter groups every parameter was decayed.
-LEGACY = {"decay_all": True}
+                "seed", "limit_train", "augment", "val_split", "label_smoothing")
+# What a setting missing from an older checkpoint meant: before parameter groups every parameter was decayed;
+# label smoothing came later, and before it the loss had none.
+LEGACY = {"decay_all": True, "label_smoothing": 0.0}
 
 PLOT_INTERVAL = 60.0  # seconds: pictures are redrawn at an epoch end at most this often, and at the end
 
@@ -87,6 +88,8 @@ def _check(o: dict):
         raise ValueError(f"weight-decay must be a number >= 0, got {o['weight_decay']!r}")
     if o["clip"] is not None and not (number(o["clip"]) and o["clip"] > 0):
         raise ValueError(f"clip must be a positive number (a max gradient norm), got {o['clip']!r}")
+    if not (number(o["label_smoothing"]) and 0 <= o["label_smoothing"] < 1):
+        raise ValueError(f"label-smoothing must be a number in [0, 1), got {o['label_smoothing']!r}")
     if o["log_every"] is not None and not (number(o["log_every"]) and o["log_every"] >= 0):
         raise ValueError(f"log-every must be a number of seconds >= 0, got {o['log_every']!r}")
     choices = {"on_nonfinite": NONFINITE_MODES, "select": tuple(metrics.SELECT),
@@ -103,7 +106,7 @@ def _check(o: dict):
 def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["epochs"],
         batch_size: int = DEFAULTS["batch_size"], optimizer: str = DEFAULTS["optimizer"], lr: float = DEFAULTS["lr"],
         weight_decay: float | None = None, decay_all: bool = False, schedule: str = DEFAULTS["schedule"],
-        warmup: int = 0, clip: float | None = None, augment=False, early_stopping: int | None = None,
+        warmup: int = 0, clip: float | None = None, augment=False, label_smoothing: float = 0.0, early_stopping: int | None = None,
         select: str = "loss", test_every_epoch: bool = False, out=None, resume: bool = False,
         overwrite: bool = False, device=None, seed: int = 0, on_nonfinite: str = "stop",
         limit_train: int | None = None, limit_test: int | None = None, data_dir=None, download: bool = True,
@@ -122,7 +125,9 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     epochs, batch_size, optimizer (:func:`gpucnn.optim.names`), lr, weight_decay (None: 0.05 for adamw, else
         0), decay_all (False: biases and normalisation parameters are not decayed), schedule ("cosine", "step",
         "constant", over the planned run), warmup (steps), clip (max global gradient norm), augment (True or
-        "crop", "flip", "crop,flip").
+        "crop", "flip", "crop,flip"), label_smoothing (the loss's epsilon in [0, 1): targets (1 - eps) on the
+        label plus eps / classes everywhere, as torch.nn.CrossEntropyLoss(label_smoothing=eps); the reported
+        losses include it).
     early_stopping: stop after this many epochs without improvement of the validation metric `select`
         ("loss": lowest validation loss, "acc": highest accuracy). test_every_epoch: score the test split
         each epoch too (with validation data it is otherwise scored once, at the end).
@@ -144,7 +149,7 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     _check(dict(epochs=epochs, batch_size=batch_size, limit_train=limit_train, limit_test=limit_test,
                 early_stop=early_stopping, warmup=warmup, lr=lr, weight_decay=weight_decay, clip=clip,
                 log_every=log_every, on_nonfinite=on_nonfinite, select=select, schedule=schedule,
-                optimizer=optimizer, seed=seed))
+                optimizer=optimizer, seed=seed, label_smoothing=label_smoothing))
     _inputs.model_name(model)  # an unknown model name fails before any data is read
     folder = None
     if out is not None:
@@ -165,7 +170,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     config = {**{k: v for k, v in (settings or {}).items() if k not in ("resume", "overwrite")},
               "model": name, "dataset": data.identity, "epochs": epochs, "batch_size": batch_size,
               "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "decay_all": bool(decay_all),
-              "schedule": schedule, "warmup": warmup, "clip": clip, "augment": augment, "val_split": data.validation,
+              "schedule": schedule, "warmup": warmup, "clip": clip, "augment": augment,
+              "label_smoothing": float(label_smoothing), "val_split": data.validation,
               "early_stop": early_stopping, "select": select, "test_every_epoch": bool(test_every_epoch),
               "seed": seed, "on_nonfinite": on_nonfinite, "limit_train": limit_train, "limit_test": limit_test,
               "device": device, "precision": precision}
@@ -193,7 +199,7 @@ class _Session:
         self.history = History(select=self.select, model=net, out=folder.path if folder else None, device=str(dev),
                                classes=data.classes)
         from ..layers import SoftmaxCrossEntropy
-        self.loss_layer = SoftmaxCrossEntropy()
+        self.loss_layer = SoftmaxCrossEntropy(label_smoothing=c["label_smoothing"])
         self.progress = Progress(interval=log_every)
         self.trainer = Trainer(net, self.opt, self.sched, self.train_loader, loss_layer=self.loss_layer,
                                clip=c["clip"], on_nonfinite=c["on_nonfinite"], progress=self.progress,
