@@ -102,7 +102,8 @@ def train(config: TrainConfig, log=print) -> dict:
                   label_smoothing=cfg.label_smoothing,
                   early_stopping=cfg.early_stop, select=cfg.select, test_every_epoch=cfg.test_every_epoch,
                   out=cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, device=cfg.device, seed=cfg.seed,
-                  on_nonfinite=cfg.on_nonfinite, precision=cfg.precision, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                  on_nonfinite=cfg.on_nonfinite, precision=cfg.precision, limit_train=cfg.limit_train,
+                  limit_test=cfg.limit_test,
                   data_dir=cfg.data_dir, download=cfg.download, log=log, log_every=cfg.log_every,
                   settings=dataclasses.asdict(cfg))
     test = history.test or {}
