@@ -9,7 +9,7 @@
   the CUPY_TF32 environment variable only sets its first value); batched products (> 2-D ``matmul``) call
   ``gemmStridedBatchedEx`` with compute type CUDA_R_32F, which follows the cuBLAS handle's math mode:
   ``cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH)`` on the current device's handle. The emulated GPU
-  rounds the operands of its float32 products to TF32 (round to nearest even; see :func:`round_tf32`) and
+  rounds the operands of its float32 products to TF32 (round to nearest even; see :func:`.emulated.round_tf32`) and
   multiplies in float32.
 - ``bf16``: mixed precision. The layers' GEMM operands (im2col columns, the weights' copies, activations and
   gradients entering a product) are bfloat16 (``ml_dtypes.bfloat16``, which CuPy 14 takes), products are
@@ -34,7 +34,8 @@ import threading
 
 import numpy as np
 
-from . import core, cuda
+from . import core, cuda, emulated
+from .emulated import round_tf32  # noqa: F401 (the TF32 rounding the emulated GPU applies)
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -91,23 +92,6 @@ def lowered(a, dtype):
     return a if np.dtype(a.dtype) == np.dtype(dtype) else a.astype(dtype)
 
 
-def _round_mantissa(x, dropped_bits: int):
-    """float32 `x` (numpy) rounded to nearest even, keeping 23 - dropped_bits mantissa bits; inf and NaN kept."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    half = np.uint32((1 << (dropped_bits - 1)) - 1)
-    lsb = (bits >> np.uint32(dropped_bits)) & np.uint32(1)
-    rounded = (bits + half + lsb) & np.uint32(~((1 << dropped_bits) - 1) & 0xFFFFFFFF)
-    special = (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
-    return np.where(special, bits, rounded).view(np.float32)
-
-
-def round_tf32(x):
-    """float32 array (numpy) -> the TF32 values tensor cores multiply: 10 mantissa bits kept, rounded to nearest
-    even (as cvt.rna.tf32.f32 rounds, save ties: PTX ISA 'cvt'; hardware fed float32 directly may truncate
-    instead, which at most doubles the error, 2^-11 -> 2^-10 relative), still stored as float32."""
-    return _round_mantissa(x, 13)
-
-
 # ------------------------------------------------------------------------------------------------ scopes
 
 def _set_cuda_tf32(device, on: bool):
@@ -126,7 +110,6 @@ def _set_device_tf32(device, on: bool):
     if device.kind == "cuda":
         _set_cuda_tf32(device, on)
     elif device.is_gpu:
-        from . import emulated
         emulated.set_tf32(device.index, on)
 
 
