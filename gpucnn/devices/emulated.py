@@ -406,7 +406,8 @@ def _ufunc(ufunc, method, inputs, kwargs):
     kwargs = {k: (_operands(v, what) if k != "out" else v) for k, v in kwargs.items()}
     if name == "matmul" and method == "__call__":
         count_matmul(*args[:2], out=kwargs["out"][0] if out is not None else None)
-        return _gemm(args[:2], kwargs["out"][0] if out is not None else None, out)
+        if len(args) == 2 and set(kwargs) <= {"out"}:   # cuBLAS's rounding (other arguments: numpy's matmul)
+            return _gemm(args, kwargs["out"][0] if out is not None else None, out)
     else:
         counters.op(f"{_UFUNC_METHODS.get(method, 'ufunc')}:{name}")
     result = _quiet(getattr(ufunc, method), *args, **kwargs)
@@ -448,10 +449,11 @@ def round_tf32(x):
 
 
 def _gemm(operands, out_buffer, out):
-    """matmul on the emulated GPU as cuBLAS computes it: bfloat16 operands multiplied and summed in float32
-    (CUBLAS_COMPUTE_32F) and the result rounded to bfloat16 (numpy with ml_dtypes would return float32); float32
-    operands rounded to TF32 first when the device's TF32 mode is on. An `out` of another dtype gets the result
-    through a copy (CuPy's elementwise_copy, counted)."""
+    """matmul (and ``@``, what the layers call; ``dot`` is not modelled) on the emulated GPU as cuBLAS computes
+    it: bfloat16 operands multiplied and summed in float32 (CUBLAS_COMPUTE_32F) and the result rounded to
+    bfloat16 (numpy with ml_dtypes would return float32); float32 operands rounded to TF32 first when the
+    device's TF32 mode is on. An `out` of another dtype gets the result through a copy (CuPy's
+    elementwise_copy, counted)."""
     a, b = operands
     dtype = np.promote_types(a.dtype, b.dtype)
     if dtype.name == "bfloat16":
