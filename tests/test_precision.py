@@ -294,3 +294,11 @@ def test_lenet5_in_bf16_tracks_fp32_over_200_steps():
     assert abs(last16["test_acc"] - last32["test_acc"]) <= 0.03, (last32, last16)
     for rows in runs.values():
         assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 3 and rows[-1]["test_acc"] > 0.7
+
+
+def test_bf16_needs_numpy_2_1_2(monkeypatch):
+    """CuPy 14 enables bfloat16 arrays only from numpy 2.1.2: bf16 is refused, naming it, on an older numpy."""
+    monkeypatch.setattr(np, "__version__", "2.0.2")
+    with pytest.raises(gpucnn.PrecisionError, match=r"needs numpy >= 2.1.2.*got numpy 2.0.2"):
+        with gpucnn.precision("bf16", EMU):
+            pass

@@ -69,7 +69,11 @@ def check(name, device=None) -> str:
 def bf16_dtype():
     """numpy's dtype of bfloat16 (from ml_dtypes, imported only when asked: the core needs numpy only).
 
-    Raises PrecisionError naming the package when ml_dtypes is not installed."""
+    Raises PrecisionError naming the package when ml_dtypes is not installed, or numpy is older than 2.1.2
+    (CuPy 14 enables bfloat16 only from there: cupy/_core/_scalar.pyx ``_setup_type_dict``)."""
+    if np.lib.NumpyVersion(np.__version__) < "2.1.2":
+        raise PrecisionError(f"precision 'bf16' needs numpy >= 2.1.2 (CuPy takes bfloat16 arrays only from there), "
+                             f"got numpy {np.__version__}")
     try:
         import ml_dtypes
     except ImportError as e:
