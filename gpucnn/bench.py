@@ -117,17 +117,20 @@ def _compile_kernels(dev) -> float:
 
 
 def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, input_size=None,
-              in_channels=None, num_classes=10) -> dict:
+              in_channels=None, num_classes=10, precision="fp32") -> dict:
     """Time `steps` training steps (or inference passes with train=False) of a network on `device`.
 
     input_size/in_channels default to default_input(model_name). Kernel compilation is done before the
     warm-up and never timed. Returns a dict with model, device, mode, batch, input_shape, steps, seconds,
-    ms_per_step, images_per_second and compile_seconds (this process's compilation of the kernels, 0 when they
-    were compiled before or the device is the CPU). Raises ValueError for bad arguments.
+    ms_per_step, images_per_second, precision and compile_seconds (this process's compilation of the kernels, 0
+    when they were compiled before or the device is the CPU). `precision`: 'fp32', 'tf32' or 'bf16' (see
+    gpucnn.devices.precision; PrecisionError, a ValueError, for tf32/bf16 on the CPU). Raises ValueError for bad
+    arguments.
     """
     steps = _count(steps, "steps", 1)
     warmup = _count(warmup, "warmup", 0)
     dev = devices.get_device(device)
+    precision = devices.precision.check(precision, dev)
     name, net, x, labels, loss, opt, shape = _setup(model_name, batch_size, dev, input_size, in_channels,
                                                     num_classes)
     compile_seconds = _compile_kernels(dev)
@@ -138,35 +141,38 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
         else:
             net.forward(x, train=False)
 
-    for _ in range(warmup):
-        step()
-    devices.synchronize(dev)
-    with devices.DeviceTimer(dev) as timer:
-        for _ in range(steps):
+    with devices.precision.precision(precision, dev):
+        for _ in range(warmup):
             step()
+        devices.synchronize(dev)
+        with devices.DeviceTimer(dev) as timer:
+            for _ in range(steps):
+                step()
     seconds = timer.seconds
     return {"model": name, "device": str(dev), "mode": "train" if train else "inference", "batch": shape[0],
             "input_shape": shape[1:], "steps": steps, "seconds": seconds,
             "ms_per_step": seconds / steps * 1e3, "images_per_second": shape[0] * steps / seconds,
-            "compile_seconds": compile_seconds}
+            "compile_seconds": compile_seconds, "precision": precision}
 
 
 def format_result(result: dict) -> str:
     """One line, e.g. 'lenet5 train on cpu, batch 128 of 1x28x28: 18.20 ms/step, 7033 images/s'."""
     shape = "x".join(str(s) for s in result["input_shape"])
-    return (f"{result['model']} {result['mode']} on {result['device']}, batch {result['batch']} of {shape}: "
+    precision = "" if result.get("precision", "fp32") == "fp32" else f" in {result['precision']}"
+    return (f"{result['model']} {result['mode']} on {result['device']}{precision}, batch {result['batch']} of {shape}: "
             f"{result['ms_per_step']:.2f} ms/step, {result['images_per_second']:.0f} images/s")
 
 
 # ------------------------------------------------------------------------------------- device op counts
 
 def count_step_ops(model_name="lenet5", batch_size=128, device="emulated", input_size=None, in_channels=None,
-                   num_classes=10, optimizer="adamw") -> dict:
+                   num_classes=10, optimizer="adamw", precision="fp32") -> dict:
     """Device operations, host syncs and transfers of one training step as :func:`gpucnn.fit`'s Trainer runs
     it on an emulated device, in all and per part: the batch from a loader holding uint8 images on the device,
     forward, loss, backward, the non-finite check, the update (`optimizer` with the trainer's defaults: AdamW
     with weight decay 0.05 except on biases and normalisation parameters, a second group) and the epoch's
-    sums; after a warm-up step (kernels compiled, parameters made flat, optimizer state laid out).
+    sums; after a warm-up step (kernels compiled, parameters made flat, optimizer state laid out); in
+    `precision` ('fp32', 'tf32', 'bf16').
 
     Returns {"model", "batch", "input_shape", "device", "total": DeviceOpCounts, "layers": [(index, repr,
     forward DeviceOpCounts, backward DeviceOpCounts)] for the network's top-level layers, "data", "loss
@@ -204,7 +210,7 @@ def count_step_ops(model_name="lenet5", batch_size=128, device="emulated", input
     wrapped += [(trainer.loss_layer, "forward", "loss forward"), (trainer.loss_layer, "backward", "loss backward"),
                 (trainer, "note_nonfinite", "check"), (trainer.opt, "update", "optimizer"),
                 (trainer, "accumulate", "metrics")]
-    with devices.device_scope(dev):
+    with devices.device_scope(dev), devices.precision.precision(precision, dev):
         sums, batches = EpochSums(dev.xp), iter(loader)
         trainer.step(*next(batches), sums)
         for obj, method, key in wrapped:   # instance attributes shadow the methods for the counted step
@@ -219,7 +225,8 @@ def count_step_ops(model_name="lenet5", batch_size=128, device="emulated", input
                 delattr(obj, method)
     nothing = devices.DeviceOpCounts()
     groups = f", {len(opt.groups) + 1} groups" if opt.groups else ""
-    return {"model": name, "batch": batch_size, "input_shape": (c, h, w), "device": str(dev), "total": total,
+    return {"model": name, "batch": batch_size, "input_shape": (c, h, w), "device": str(dev), "precision": precision,
+            "total": total,
             "layers": [(i, repr(layer), parts.get((i, "forward"), nothing), parts.get((i, "backward"), nothing))
                        for i, layer in enumerate(layers)],
             **{k: parts.get(k, nothing) for k in ("data", "loss forward", "loss backward", "check", "optimizer",
@@ -246,7 +253,8 @@ def format_op_counts(result: dict, top: int = 8) -> str:
     the loss, the non-finite check, the optimizer and the epoch's sums, and the most frequent operations."""
     t = result["total"]
     shape = "x".join(str(s) for s in result["input_shape"])
-    lines = [f"{result['model']} training step, batch {result['batch']} of {shape} on {result['device']}: "
+    precision = "" if result.get("precision", "fp32") == "fp32" else f" in {result['precision']}"
+    lines = [f"{result['model']} training step, batch {result['batch']} of {shape} on {result['device']}{precision}: "
              f"{t.ops} device ops, {t.syncs} host syncs, {t.host_to_device} host-to-device and "
              f"{t.device_to_host} device-to-host copies"]
     rows = [("", "data (gather, crop, flip, normalise)", str(result["data"].ops), "")]

@@ -9,9 +9,15 @@
 // relu_backward: dx = dout where y > 0 or y is NaN, else exactly 0 (a selection, not a product: an
 // infinite or NaN dout gives 0 where the unit is off), as PyTorch's threshold_backward.
 // One thread per output element, grid-stride, 64-bit indices. Compiled after windows.cuh (GRID_STRIDE_LOOP).
+// bias_act_bf16 (mixed precision, gpucnn.devices.precision): the product of a bfloat16 GEMM read as bfloat16,
+// widened exactly to float32, the float32 bias added and the result written in float32.
 
-template <typename T>
-__device__ void bias_act_impl(long long total, const T* src, const T* bias, int G, int OG, int P, long long sn,
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#include <cuda_bf16.h>
+#endif
+
+template <typename S, typename T>   // S: the product's type, T: the bias's and the output's
+__device__ void bias_act_impl(long long total, const S* src, const T* bias, int G, int OG, int P, long long sn,
                               long long sg, long long so, long long sq, int has_bias, int relu, T* y) {
   GRID_STRIDE_LOOP(idx, total) {  // idx runs over (n, g, o, q) of y
     long long r = idx / P;
@@ -20,7 +26,7 @@ __device__ void bias_act_impl(long long total, const T* src, const T* bias, int 
     r /= OG;
     const int g = (int)(r % G);
     const long long n = r / G;
-    T v = src[n * sn + g * sg + o * so + q * sq];
+    T v = static_cast<T>(src[n * sn + g * sg + o * so + q * sq]);
     if (has_bias) v += bias[g * OG + o];
     if (relu && v <= T(0)) v = T(0);
     y[idx] = v;
@@ -38,13 +44,19 @@ __device__ void relu_backward_impl(long long total, const T* __restrict__ y, con
 extern "C" __global__ void bias_act_f32(long long total, const float* src, const float* bias, int G, int OG, int P,
                                         long long sn, long long sg, long long so, long long sq, int has_bias,
                                         int relu, float* y) {
-  bias_act_impl<float>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
+  bias_act_impl<float, float>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
 }
 
 extern "C" __global__ void bias_act_f64(long long total, const double* src, const double* bias, int G, int OG,
                                         int P, long long sn, long long sg, long long so, long long sq, int has_bias,
                                         int relu, double* y) {
-  bias_act_impl<double>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
+  bias_act_impl<double, double>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
+}
+
+extern "C" __global__ void bias_act_bf16(long long total, const __nv_bfloat16* src, const float* bias, int G, int OG,
+                                         int P, long long sn, long long sg, long long so, long long sq,
+                                         int has_bias, int relu, float* y) {
+  bias_act_impl<__nv_bfloat16, float>(total, src, bias, G, OG, P, sn, sg, so, sq, has_bias, relu, y);
 }
 
 extern "C" __global__ void relu_backward_f32(long long total, const float* __restrict__ y,

@@ -264,4 +264,13 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
             first = "long long N" if op in ("xent_forward", "accumulate_metrics") else "long long total"
             sig = [first] + typed(inputs) + geometry + typed(outputs)
             assert [str(p) for p in found[name]] == sig, name
-    assert set(found) == expected
+    # the bf16 variants: bfloat16 GEMM operands in; after a GEMM, float32 out (see gpucnn.devices.precision)
+    bf, geometry = "__nv_bfloat16", ["int N", "int C", "int G"] + dilated
+    bf16 = {"im2col_bf16": ["long long total", f"const {bf}* x"] + geometry + [f"{bf}* col"],
+            "col2im_bf16": ["long long total", f"const {bf}* col"] + geometry + ["float* x"],
+            "bias_act_bf16": ["long long total", f"const {bf}* src", "const float* bias"] + fused["bias_act"][2:-1]
+            + ["float* y"]}
+    assert {f"{kernels.KERNELS[op][1]}_bf16" for op in kernels.BF16_KERNELS} == set(bf16)
+    for name, sig in bf16.items():
+        assert [str(p) for p in found[name]] == sig, name
+    assert set(found) == expected | set(bf16)

@@ -14,7 +14,7 @@ import numbers
 import numpy as np
 
 from . import core
-from .kernels import _SUFFIX, launch as _launch
+from .kernels import _SUFFIX, is_bf16, launch as _launch
 
 __all__ = ["bias_act", "relu_backward", "xent_forward", "xent_reduce", "xent_backward", "lrn_forward",
            "lrn_backward"]
@@ -46,9 +46,12 @@ def _same_shape(what, a, b, names):
 
 def bias_act(src, strides, bias, out, relu, *, launch=None):
     """out (N, G, OG, P) = src through element strides (sn, sg, so, sq), + bias[g*OG + o], ReLU if `relu`, in
-    one pass; see fused_twins.bias_act. Returns out."""
+    one pass; see fused_twins.bias_act. A bfloat16 `src` (a bf16 GEMM's product) takes a float32 bias and out
+    (the bias_act_bf16 kernel). Returns out."""
     what = "bias_act"
-    _float(what, src, out, *(() if bias is None else (bias,)))
+    _float(what, src if not is_bf16(src.dtype) else out, out, *(() if bias is None else (bias,)))
+    if is_bf16(src.dtype) and np.dtype(out.dtype) != np.float32:
+        raise TypeError(f"{what}: a bfloat16 product goes into a float32 out, got {out.dtype}")
     _contiguous(what, src, out, *(() if bias is None else (bias,)))
     if out.ndim != 4 or len(strides) != 4 or min(strides) < 0:
         raise ValueError(f"{what}: expects out (N, G, OG, P) and four strides >= 0, got out {tuple(out.shape)}, "
@@ -60,8 +63,8 @@ def bias_act(src, strides, bias, out, relu, *, launch=None):
     if bias is not None and bias.size != g * og:
         raise ValueError(f"{what}: expects {g * og} bias values, got {bias.size}")
     with core.device_scope(out):
-        _launch(what, out.dtype, out, out.size,
-                (src, src if bias is None else bias, np.int32(g), np.int32(og), np.int32(p),
+        _launch(what, src.dtype, out, out.size,
+                (src, out if bias is None else bias, np.int32(g), np.int32(og), np.int32(p),   # unread bias: float*
                  *(np.int64(s) for s in strides), np.int32(bias is not None), np.int32(bool(relu)), out), launch)
     return out
 

@@ -14,6 +14,7 @@ import numbers
 import numpy as np
 
 from ..devices import CPU, device_of, get_device, is_gpu_array, ops
+from ..devices.precision import gemm_dtype, lowered
 from . import winograd
 from .base import Layer, _dtype_arg, _init_arg, _int_arg, _on_argument_device, _pair_arg
 from .init import initialise, zeros
@@ -115,14 +116,15 @@ class _Conv(Layer):
         extra += "" if self.groups == 1 else f", groups={self.groups}"
         return extra + ("" if "b" in self.params else ", bias=False")
 
-    def _weight_rows(self, xp):
+    def _weight_rows(self, xp, dtype=None):
         """W (G*A, B, kh, kw) as (G, A, kh*kw*B): per group, one row of a column's order (kh, kw, channel) for
-        each of A filters (Conv2D: A = out/G filters over B = in/G channels; ConvTranspose2D: A = in/G, B = out/G)."""
+        each of A filters (Conv2D: A = out/G filters over B = in/G channels; ConvTranspose2D: A = in/G, B = out/G);
+        in `dtype` (default W's: bfloat16 for a bf16 GEMM, cast in the same copy)."""
         w = self.params["W"]
         a, b, kh, kw = w.shape
         g = self.groups
         rows = w.reshape(g, a // g, b, kh, kw).transpose(0, 1, 3, 4, 2)
-        return xp.ascontiguousarray(rows).reshape(g, a // g, kh * kw * b)
+        return xp.ascontiguousarray(rows, dtype=dtype).reshape(g, a // g, kh * kw * b)
 
     def _set_weight_grad(self, dwk):
         """grads['W'] from the gradient of the weight rows (G, A, kh*kw*B) (the inverse of _weight_rows)."""
@@ -157,7 +159,10 @@ class Conv2D(_Conv):
     im2col, then one batched GEMM over the groups per chunk of samples. The columns of the whole batch are
     cached for backward when they fit in the workspace limit; otherwise the batch is processed in chunks and
     each chunk's columns are recomputed in backward. 3x3 stride-1 layers with many channels (no groups, no
-    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). Raises ValueError
+    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). In a bf16 scope on a
+    GPU (:mod:`gpucnn.devices.precision`) the im2col path's GEMMs take bfloat16 columns (im2col_bf16 of a bfloat16
+    copy of x), weight rows and output gradients, sum in float32, and write float32 (bias_act_bf16,
+    col2im_bf16); W, b, their gradients, the output and dx stay float32 (Winograd stays float32). Raises ValueError
     for bad arguments or an input the kernel does not fit, TypeError for a non-float input.
     """
 
@@ -221,10 +226,11 @@ class Conv2D(_Conv):
             return winograd.buffer_bytes(*self._winograd_size(input_shape, dtype))
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
-    def _cols(self, x):
-        """A chunk's columns as im2col returns them, and the same memory seen as (G, n*oh*ow, kh*kw*C/G),
-        row- or column-major per group (in this layer's scratch buffer on the CPU)."""
-        col = ops.im2col(x, *self._window(), self.groups, self._scratch)
+    def _cols(self, x, dtype):
+        """A chunk's columns in `dtype` (x's, or bfloat16 for a bf16 GEMM) as im2col returns them, and the same
+        memory seen as (G, n*oh*ow, kh*kw*C/G), row- or column-major per group (in this layer's scratch buffer on
+        the CPU)."""
+        col = ops.im2col(lowered(x, dtype), *self._window(), self.groups, self._scratch)
         return col, col.reshape(self.groups, -1, col.shape[-3] * col.shape[-2] * col.shape[-1])
 
     def forward(self, x, train=None):
@@ -252,7 +258,8 @@ class Conv2D(_Conv):
             if relu:
                 xp.maximum(y, 0, out=y)
             return self._save((x, v if train else None, u, True), y)
-        wk = self._weight_rows(xp)                                     # (G, out/G, K)
+        dt = gemm_dtype(x)
+        wk = self._weight_rows(xp, dt)                                 # (G, out/G, K)
         chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, p), dtype=x.dtype)
         y4 = y.reshape(n, g, og, p)
@@ -260,7 +267,7 @@ class Conv2D(_Conv):
         col = None
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
-            col, col3 = self._cols(x[s:s + m])
+            col, col3 = self._cols(x[s:s + m], dt)
             # The GEMM's product is moved to NCHW by the pass that adds the bias (ops.bias_act, with the ReLU
             # after this layer if there is one), reading it through the strides of its (n, g, o, q) elements.
             if gpu and g == 1:   # (out, m*oh*ow), 2-D: cuBLAS takes both operands as they are
@@ -283,6 +290,7 @@ class Conv2D(_Conv):
         p = oh * ow
         g = self.groups
         d = xp.ascontiguousarray(dout.reshape(n, o, p).transpose(1, 0, 2)).reshape(g, o // g, n * p)
+        dg = lowered(d, wk.dtype)      # the GEMMs' operand (bfloat16 in a bf16 step); d itself gives the bias's
         chunk = n if cached_col is not None else self.chunk_size(x.shape, x.dtype)
         dwk = None
         dx = xp.empty(x.shape, dtype=x.dtype) if self.need_input_grad and chunk < n else None
@@ -292,9 +300,11 @@ class Conv2D(_Conv):
                 col = cached_col
                 col3 = col.reshape(g, m * p, -1)
             else:
-                col, col3 = self._cols(x[s:s + m])
-            ds = d[:, :, s * p:(s + m) * p]
+                col, col3 = self._cols(x[s:s + m], wk.dtype)
+            ds = dg[:, :, s * p:(s + m) * p]
             part = _weight_gradient(xp, ds, col3)
+            if chunk < n:   # partial sums in the weights' dtype (float32 in a bf16 step)
+                part = lowered(part, x.dtype)
             dwk = part if dwk is None else dwk + part
             if self.need_input_grad:
                 if g == 1 and xp is not np:   # 2-D on a GPU (see _weight_gradient); into the spent columns
