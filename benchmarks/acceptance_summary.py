@@ -2,8 +2,9 @@
 
     python benchmarks/acceptance_summary.py OUT_FOLDER
 
-Prints each stage's status, time and key result, a table of training-step images/s (gpucnn on the GPU,
-gpucnn on the CPU, PyTorch on the GPU, and gpucnn/PyTorch), and the overall result.
+Prints each stage's status, time and key result, a table of training-step images/s per case and precision
+(gpucnn on the GPU, gpucnn on the CPU, PyTorch on the GPU, gpucnn/PyTorch, and gpucnn's speed-up over its own
+fp32), and the overall result.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-BENCH_LINE = re.compile(r"^(torch )?(\w+) train on (\S+), batch (\d+) of \S+: ([\d.]+) ms/step, (\d+) images/s", re.M)
+BENCH_LINE = re.compile(r"^(torch )?(\w+) train on (\S+?)(?: in (\w+))?, batch (\d+) of \S+: ([\d.]+) ms/step, "
+                        r"(\d+) images/s", re.M)
 
 
 def read(folder: Path, name: str) -> str:
@@ -52,7 +54,8 @@ def ops_result(log: str) -> str:
 def bench_result(log: str) -> str:
     found = BENCH_LINE.findall(log)
     compile_times = re.findall(r"^kernel compilation: ([\d.]+) s", log, re.M)
-    text = ", ".join(f"{m} b{b} {int(ips)} img/s" for _, m, _, b, _, ips in found) or "no results"
+    text = ", ".join(f"{m} b{b}{' ' + p if p else ''} {int(ips)} img/s" for _, m, _, p, b, _, ips in found) \
+        or "no results"
     return text + (f" (compile {max(map(float, compile_times)):.2f} s, untimed)" if compile_times else "")
 
 
@@ -61,21 +64,24 @@ RESULTS = {"env": env_result, "pytest": pytest_result, "train": train_result, "o
 
 def bench_table(folder: Path) -> list[str]:
     columns = {"bench-gpu": "gpucnn GPU", "bench-cpu": "gpucnn CPU", "bench-torch": "torch GPU"}
-    values: dict[tuple[str, str], dict[str, float]] = {}
+    values: dict[tuple[str, str, str], dict[str, float]] = {}
     devices = {}
     for stage, column in columns.items():
-        for torch_flag, model, device, batch, _, ips in BENCH_LINE.findall(read(folder, stage)):
-            values.setdefault((model, batch), {})[column] = float(ips)
+        for torch_flag, model, device, precision, batch, _, ips in BENCH_LINE.findall(read(folder, stage)):
+            values.setdefault((model, batch, precision or "fp32"), {})[column] = float(ips)
             devices[column] = device
     if not values:
         return []
-    head = ["training step, images/s"] + [f"{c} ({devices.get(c, '-')})" for c in columns.values()] + ["gpucnn/torch"]
+    head = (["training step, images/s"] + [f"{c} ({devices.get(c, '-')})" for c in columns.values()]
+            + ["gpucnn/torch", "x own fp32"])
     rows = [head]
-    for (model, batch), got in values.items():
+    for (model, batch, precision), got in values.items():
         ratio = (f"{got['gpucnn GPU'] / got['torch GPU']:.2f}" if "gpucnn GPU" in got and "torch GPU" in got
                  else "-")
-        rows.append([f"{model} b{batch}"] + [f"{got[c]:.0f}" if c in got else "-" for c in columns.values()]
-                    + [ratio])
+        fp32 = values.get((model, batch, "fp32"), {}).get("gpucnn GPU")
+        speedup = f"{got['gpucnn GPU'] / fp32:.2f}" if fp32 and "gpucnn GPU" in got else "-"
+        rows.append([f"{model} b{batch} {precision}"] + [f"{got[c]:.0f}" if c in got else "-" for c in columns.values()]
+                    + [ratio, speedup])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return ["  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
             for r in rows]

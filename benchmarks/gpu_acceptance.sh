@@ -17,8 +17,10 @@
 #   pytest   pytest -m gpu: the CUDA variants of the kernel, layer, gradient, network, optimizer and
 #            checkpoint tests, and the emulator-strictness tests run against real CuPy
 #   train    LeNet-5, 3 epochs of Fashion-MNIST on the GPU, test accuracy >= 87%; then --resume to epoch 4
-#   bench    images/s of a training step, LeNet-5 b128 and the AlexNet-style net b32 and b256: gpucnn on the GPU,
-#            gpucnn on the CPU, PyTorch on the same GPU (benchmarks/torch_bench.py)
+#   bench    images/s of a training step, LeNet-5 b128 and the AlexNet-style net b32 and b256: gpucnn on the GPU
+#            in each of PRECISIONS (fp32, tf32, bf16: `gpucnn bench --precision`), gpucnn on the CPU (fp32),
+#            PyTorch on the same GPU in the same precisions (benchmarks/torch_bench.py --precision: TF32 flags,
+#            bf16 autocast)
 #   ops      device ops per training step (`gpucnn bench --device emulated --count-ops`)
 # then a summary (benchmarks/acceptance_summary.py) a person reads in ten seconds; logs and summary.txt in
 # $OUT. Exit code 0 when every stage passed, 1 otherwise.
@@ -26,8 +28,10 @@
 # Settings (environment; the defaults are the acceptance run): PYTHON (python3), DEVICE (cuda), TORCH_DEVICE
 # (cuda), OUT (benchmarks/acceptance-out), DATA (benchmarks/data/fashion-mnist), STAGES ("env pytest train
 # bench ops"), time limits in seconds T_ENV T_PYTEST T_TRAIN T_BENCH_GPU T_BENCH_CPU T_BENCH_TORCH T_OPS (sum
-# 475 s), PYTEST_ARGS (tests), TRAIN_ARGS (extra train options), MIN_ACC (0.87), BENCH_CASES ("lenet5:128
-# alexnet_style:32 alexnet_style:256"), BENCH_STEPS (20), CPU_STEPS (3), OPS_ARGS. tests/test_gpu_acceptance.py
+# 475 s: bench-gpu and bench-torch have 70 and 40 s for 3 cases x 3 precisions, 9 gpucnn processes and 3
+# torch ones, taken from pytest, 150, and train, 100), PYTEST_ARGS (tests), TRAIN_ARGS (extra train options), MIN_ACC (0.87), BENCH_CASES ("lenet5:128
+# alexnet_style:32 alexnet_style:256"), PRECISIONS ("fp32 tf32 bf16"), BENCH_STEPS (20), CPU_STEPS (3),
+# OPS_ARGS. tests/test_gpu_acceptance.py
 # dry-runs everything but CUDA with DEVICE=emulated TORCH_DEVICE=cpu and small limits.
 set -u -o pipefail
 
@@ -38,10 +42,11 @@ export DEVICE=${DEVICE:-cuda} TORCH_DEVICE=${TORCH_DEVICE:-cuda}
 export OUT=${OUT:-$ROOT/benchmarks/acceptance-out}
 export DATA=${DATA:-$ROOT/benchmarks/data/fashion-mnist}
 STAGES=${STAGES:-env pytest train bench ops}
-T_ENV=${T_ENV:-40} T_PYTEST=${T_PYTEST:-180} T_TRAIN=${T_TRAIN:-120}
-T_BENCH_GPU=${T_BENCH_GPU:-30} T_BENCH_CPU=${T_BENCH_CPU:-45} T_BENCH_TORCH=${T_BENCH_TORCH:-30} T_OPS=${T_OPS:-30}
+T_ENV=${T_ENV:-40} T_PYTEST=${T_PYTEST:-150} T_TRAIN=${T_TRAIN:-100}
+T_BENCH_GPU=${T_BENCH_GPU:-70} T_BENCH_CPU=${T_BENCH_CPU:-45} T_BENCH_TORCH=${T_BENCH_TORCH:-40} T_OPS=${T_OPS:-30}
 export PYTEST_ARGS=${PYTEST_ARGS:-tests} TRAIN_ARGS=${TRAIN_ARGS:-} MIN_ACC=${MIN_ACC:-0.87}
 export BENCH_CASES=${BENCH_CASES:-lenet5:128 alexnet_style:32 alexnet_style:256}
+export PRECISIONS=${PRECISIONS:-fp32 tf32 bf16}
 export BENCH_STEPS=${BENCH_STEPS:-20} CPU_STEPS=${CPU_STEPS:-3} OPS_ARGS=${OPS_ARGS:-}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 unset GPUCNN_DEVICE GPUCNN_DEBUG
@@ -122,8 +127,16 @@ bench_cases() {  # bench_cases COMMAND...: run COMMAND --model M --batch-size B 
     return $status
 }
 
+bench_precisions() {  # bench_precisions COMMAND...: bench_cases COMMAND --precision P for each of PRECISIONS
+    local precision status=0
+    for precision in $PRECISIONS; do
+        bench_cases "$@" --precision "$precision" || status=1
+    done
+    return $status
+}
+
 stage_bench_gpu() {
-    bench_cases "$PYTHON" -m gpucnn bench --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 3
+    bench_precisions "$PYTHON" -m gpucnn bench --device "$DEVICE" --steps "$BENCH_STEPS" --warmup 3
 }
 
 stage_bench_cpu() {
@@ -131,7 +144,9 @@ stage_bench_cpu() {
 }
 
 stage_bench_torch() {
-    bench_cases "$PYTHON" benchmarks/torch_bench.py --device "$TORCH_DEVICE" --steps "$BENCH_STEPS" --warmup 3
+    # shellcheck disable=SC2086
+    bench_cases "$PYTHON" benchmarks/torch_bench.py --device "$TORCH_DEVICE" --steps "$BENCH_STEPS" --warmup 3 \
+        --precision $PRECISIONS
 }
 
 stage_ops() {
@@ -139,7 +154,7 @@ stage_ops() {
     "$PYTHON" -m gpucnn bench --device emulated --count-ops $OPS_ARGS
 }
 
-export -f stage_env stage_pytest last_metrics stage_train bench_cases stage_bench_gpu stage_bench_cpu \
+export -f stage_env stage_pytest last_metrics stage_train bench_cases bench_precisions stage_bench_gpu stage_bench_cpu \
     stage_bench_torch stage_ops
 
 run_stage() {  # run_stage NAME LIMIT FUNCTION: run FUNCTION under `timeout`, log it, record its outcome

@@ -3,10 +3,14 @@ step as `gpucnn bench` (forward, cross-entropy, backward, SGD with momentum 0.9,
 put side by side (benchmarks/gpu_acceptance.sh does, on the same GPU).
 
     python benchmarks/torch_bench.py --device cuda --model alexnet_style --batch-size 32 [--steps 20 --warmup 3]
+        [--precision fp32 tf32 bf16]
 
 Prints one line in `gpucnn bench`'s format, e.g. 'torch lenet5 train on cuda, batch 128 of 1x28x28: 1.20 ms/step,
 106667 images/s'. On CUDA the steps are timed with CUDA events after a synchronisation (as gpucnn's
 DeviceTimer); cuDNN autotuning is off (torch's default). The networks are also used by compare_torch.py.
+--precision as gpucnn's, one or several (one line each, in one process: torch is imported once): fp32 (TF32 off for matmuls and cuDNN convolutions), tf32 (both on:
+torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) or bf16 (the forward pass and loss under
+torch.autocast with dtype bfloat16, PyTorch's mixed precision; no gradient scaler, which bfloat16 does not need).
 """
 from __future__ import annotations
 
@@ -54,9 +58,14 @@ def torch_nets():
 INPUT_SHAPES = {"lenet5": (1, 28, 28), "alexnet_style": (3, 32, 32), "resnet": (1, 28, 28)}
 
 
-def make_step(name, batch, device):
-    """(train_step, infer) closures over random data already on `device`."""
+def make_step(name, batch, device, precision="fp32"):
+    """(train_step, infer) closures over random data already on `device`, in `precision` (see the module doc)."""
+    import contextlib
+
     import torch
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else \
+        contextlib.nullcontext
     net = torch_nets()[name]().to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -66,11 +75,13 @@ def make_step(name, batch, device):
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        lossf(net(x), t).backward()
+        with autocast():
+            loss = lossf(net(x), t)
+        loss.backward()
         opt.step()
 
     def infer():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             net(x)
     return train_step, infer
 
@@ -107,13 +118,22 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), nargs="+", default=["fp32"])
     args = ap.parse_args(argv)
     import torch
     device = torch.device(args.device)
-    train_step, _ = make_step(args.model, args.batch_size, device)
+    for precision in args.precision:
+        report(args, device, precision)
+
+
+def report(args, device, precision):
+    """Time one case in one precision and print its line."""
+    import torch
+    train_step, _ = make_step(args.model, args.batch_size, device, precision)
     s = seconds_per_step(train_step, args.steps, args.warmup, device)
     shape = "x".join(str(v) for v in INPUT_SHAPES[args.model])
-    print(f"torch {args.model} train on {device}, batch {args.batch_size} of {shape}: {s * 1e3:.2f} ms/step, "
+    precision = "" if precision == "fp32" else f" in {precision}"
+    print(f"torch {args.model} train on {device}{precision}, batch {args.batch_size} of {shape}: {s * 1e3:.2f} ms/step, "
           f"{args.batch_size / s:.0f} images/s (torch {torch.__version__})", flush=True)
 
 

@@ -5,8 +5,9 @@ The wings, each depending only on those below it: :mod:`gpucnn.cli` -> :mod:`gpu
 """
 from . import devices, models, optim
 from .data import DataLoader, Dataset, DatasetError, load_dataset
-from .devices import (CudaUnavailableError, DeviceMismatchError, from_dlpack, get_array_module, get_device, seed,
-                      to_cpu, to_device)
+from .devices import (CudaUnavailableError, DeviceMismatchError, PrecisionError, from_dlpack, get_array_module,
+                      get_device, get_precision, seed, to_cpu, to_device)
+from .devices.precision import precision
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layer_names
 from .layers import init
@@ -14,6 +15,6 @@ from .train import History, fit
 
 __version__ = "0.1.0"
 
-__all__ = ["CudaUnavailableError", "DeviceMismatchError", "from_dlpack", "get_array_module", "get_device", "seed",
+__all__ = ["CudaUnavailableError", "DeviceMismatchError", "from_dlpack", "get_array_module", "get_device", "get_precision", "precision", "PrecisionError", "seed",
            "to_cpu", "to_device", "DataLoader", "Dataset", "DatasetError", "load_dataset", "devices", "init", "models",
            "optim", "fit", "History", "__version__", *_layer_names]

@@ -15,9 +15,12 @@ from __future__ import annotations
 import contextlib
 import numbers
 
+import numpy as np
+
 from . import devices
 from . import models
 from .layers import Affine, Conv2D, MaxPool2D, ReLU, Sequential, SoftmaxCrossEntropy
+from . import optim
 from .optim import SGD
 
 __all__ = ["alexnet_style", "benchmark", "count_step_ops", "format_result", "format_op_counts", "names"]
@@ -85,7 +88,7 @@ def _setup(model_name, batch_size, dev, input_size, in_channels, num_classes):
     like = next(iter(net.params.values()))
     with devices.device_scope(dev):
         x = devices.random_uniform(shape, like=like) * 2 - 1
-        labels = (devices.random_uniform((batch_size,), like=like) * num_classes).astype("int32")
+        labels = (devices.random_uniform((batch_size,), like=like) * num_classes).astype("int64")
     return name, net, x, labels, SoftmaxCrossEntropy(), SGD(lr=1e-3, momentum=0.9), shape
 
 
@@ -114,17 +117,20 @@ def _compile_kernels(dev) -> float:
 
 
 def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, input_size=None,
-              in_channels=None, num_classes=10) -> dict:
+              in_channels=None, num_classes=10, precision="fp32") -> dict:
     """Time `steps` training steps (or inference passes with train=False) of a network on `device`.
 
     input_size/in_channels default to default_input(model_name). Kernel compilation is done before the
     warm-up and never timed. Returns a dict with model, device, mode, batch, input_shape, steps, seconds,
-    ms_per_step, images_per_second and compile_seconds (this process's compilation of the kernels, 0 when they
-    were compiled before or the device is the CPU). Raises ValueError for bad arguments.
+    ms_per_step, images_per_second, precision and compile_seconds (this process's compilation of the kernels, 0
+    when they were compiled before or the device is the CPU). `precision`: 'fp32', 'tf32' or 'bf16' (see
+    gpucnn.devices.precision; PrecisionError, a ValueError, for tf32/bf16 on the CPU). Raises ValueError for bad
+    arguments.
     """
     steps = _count(steps, "steps", 1)
     warmup = _count(warmup, "warmup", 0)
     dev = devices.get_device(device)
+    precision = devices.precision.check(precision, dev)
     name, net, x, labels, loss, opt, shape = _setup(model_name, batch_size, dev, input_size, in_channels,
                                                     num_classes)
     compile_seconds = _compile_kernels(dev)
@@ -135,65 +141,97 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
         else:
             net.forward(x, train=False)
 
-    for _ in range(warmup):
-        step()
-    devices.synchronize(dev)
-    with devices.DeviceTimer(dev) as timer:
-        for _ in range(steps):
+    with devices.precision.precision(precision, dev):
+        for _ in range(warmup):
             step()
+        devices.synchronize(dev)
+        with devices.DeviceTimer(dev) as timer:
+            for _ in range(steps):
+                step()
     seconds = timer.seconds
     return {"model": name, "device": str(dev), "mode": "train" if train else "inference", "batch": shape[0],
             "input_shape": shape[1:], "steps": steps, "seconds": seconds,
             "ms_per_step": seconds / steps * 1e3, "images_per_second": shape[0] * steps / seconds,
-            "compile_seconds": compile_seconds}
+            "compile_seconds": compile_seconds, "precision": precision}
 
 
 def format_result(result: dict) -> str:
     """One line, e.g. 'lenet5 train on cpu, batch 128 of 1x28x28: 18.20 ms/step, 7033 images/s'."""
     shape = "x".join(str(s) for s in result["input_shape"])
-    return (f"{result['model']} {result['mode']} on {result['device']}, batch {result['batch']} of {shape}: "
+    precision = "" if result.get("precision", "fp32") == "fp32" else f" in {result['precision']}"
+    return (f"{result['model']} {result['mode']} on {result['device']}{precision}, batch {result['batch']} of {shape}: "
             f"{result['ms_per_step']:.2f} ms/step, {result['images_per_second']:.0f} images/s")
 
 
 # ------------------------------------------------------------------------------------- device op counts
 
 def count_step_ops(model_name="lenet5", batch_size=128, device="emulated", input_size=None, in_channels=None,
-                   num_classes=10) -> dict:
-    """Device operations, host syncs and transfers of one training step (after a warm-up step: kernels
-    compiled, optimizer state made) on an emulated device, in all and per part.
+                   num_classes=10, optimizer="adamw", precision="fp32") -> dict:
+    """Device operations, host syncs and transfers of one training step as :func:`gpucnn.fit`'s Trainer runs
+    it on an emulated device, in all and per part: the batch from a loader holding uint8 images on the device,
+    forward, loss, backward, the non-finite check, the update (`optimizer` with the trainer's defaults: AdamW
+    with weight decay 0.05 except on biases and normalisation parameters, a second group) and the epoch's
+    sums; after a warm-up step (kernels compiled, parameters made flat, optimizer state laid out); in
+    `precision` ('fp32', 'tf32', 'bf16').
 
     Returns {"model", "batch", "input_shape", "device", "total": DeviceOpCounts, "layers": [(index, repr,
-    forward DeviceOpCounts, backward DeviceOpCounts)] for the network's top-level layers, "loss forward",
-    "loss backward", "optimizer": DeviceOpCounts}. Raises ValueError for a device that is not emulated (the
-    counts are recorded by the emulated device only; see gpucnn.devices.counters).
+    forward DeviceOpCounts, backward DeviceOpCounts)] for the network's top-level layers, "data", "loss
+    forward", "loss backward", "check", "optimizer", "metrics": DeviceOpCounts, "optimizer_name"}. Raises
+    ValueError for a device that is not emulated (the counts are recorded by the emulated device only; see
+    gpucnn.devices.counters) or a bad argument.
     """
+    from .data import DataLoader
+    from .train.fitting import make_optimizer
+    from .train.loop import EpochSums, Trainer
+
     dev = devices.get_device(device)
     if dev.kind != "emulated":
         raise ValueError(f"count_step_ops: device operations are counted on the emulated device, got {dev}")
-    name, net, x, labels, loss, opt, shape = _setup(model_name, batch_size, dev, input_size, in_channels,
-                                                    num_classes)
-    _train_step(net, x, labels, loss, opt)
+    name = canonical_name(model_name)
+    batch_size = _count(batch_size, "batch_size", 1)
+    default_c, default_size = default_input(name)
+    c = default_c if in_channels is None else in_channels
+    size = default_size if input_size is None else input_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    net = (BENCH_MODELS.get(name) or models.MODELS[name])(in_channels=c, input_size=size,
+                                                           num_classes=num_classes).to(dev)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2 * batch_size, c, h, w), dtype=np.uint8)
+    loader = DataLoader((images, rng.integers(0, num_classes, 2 * batch_size)), batch_size=batch_size, seed=0,
+                        device=dev, mean=0.5, std=0.25)
+    opt = make_optimizer(optimizer, 1e-3, None)
+    trainer = Trainer(net, opt, optim.make_schedule("cosine", 1e-3, 100), loader, loss_layer=SoftmaxCrossEntropy())
+    trainer.prepare()
     parts = {}
-
-    def phase(part):
-        return _recording(parts, part)
-
     layers = list(net.layers)
-    for i, layer in enumerate(layers):   # instance attributes shadow the methods for the counted step
-        for method in ("forward", "backward"):
-            bound = getattr(layer, method)
-            setattr(layer, method, _counted(bound, parts, (i, method)))
-    try:
-        with devices.count_device_ops() as total:
-            _train_step(net, x, labels, loss, opt, phase)
-    finally:
-        for layer in layers:
-            del layer.forward, layer.backward
-    return {"model": name, "batch": shape[0], "input_shape": shape[1:], "device": str(dev), "total": total,
-            "layers": [(i, repr(layer), parts[(i, "forward")], parts[(i, "backward")])
+    wrapped = [(layer, method, (i, "backward" if method == "backward" else "forward"))
+               for i, layer in enumerate(layers) for method in ("forward", "forward_relu", "rectified", "backward")
+               if hasattr(layer, method)]   # forward_relu/rectified: a ReLU fused into the layer before it
+    wrapped += [(trainer.loss_layer, "forward", "loss forward"), (trainer.loss_layer, "backward", "loss backward"),
+                (trainer, "note_nonfinite", "check"), (trainer.opt, "update", "optimizer"),
+                (trainer, "accumulate", "metrics")]
+    with devices.device_scope(dev), devices.precision.precision(precision, dev):
+        sums, batches = EpochSums(dev.xp), iter(loader)
+        trainer.step(*next(batches), sums)
+        for obj, method, key in wrapped:   # instance attributes shadow the methods for the counted step
+            setattr(obj, method, _counted(getattr(obj, method), parts, key))
+        try:
+            with devices.count_device_ops() as total:
+                with _recording(parts, "data"):
+                    x, y = next(batches)
+                trainer.step(x, y, sums)
+        finally:
+            for obj, method, _ in wrapped:
+                delattr(obj, method)
+    nothing = devices.DeviceOpCounts()
+    groups = f", {len(opt.groups) + 1} groups" if opt.groups else ""
+    return {"model": name, "batch": batch_size, "input_shape": (c, h, w), "device": str(dev), "precision": precision,
+            "total": total,
+            "layers": [(i, repr(layer), parts.get((i, "forward"), nothing), parts.get((i, "backward"), nothing))
                        for i, layer in enumerate(layers)],
-            "loss forward": parts["loss forward"], "loss backward": parts["loss backward"],
-            "optimizer": parts["optimizer"], "optimizer_name": f"{opt.kind}, momentum {opt.momentum:g}"}
+            **{k: parts.get(k, nothing) for k in ("data", "loss forward", "loss backward", "check", "optimizer",
+                                                  "metrics")},
+            "optimizer_name": f"{opt.kind}{groups}"}
 
 
 @contextlib.contextmanager
@@ -211,16 +249,20 @@ def _counted(fn, parts, key):
 
 
 def format_op_counts(result: dict, top: int = 8) -> str:
-    """A table of a count_step_ops() result: the step's totals, each layer's forward and backward, the loss
-    and the optimizer, and the most frequent operations."""
+    """A table of a count_step_ops() result: the step's totals, the batch, each layer's forward and backward,
+    the loss, the non-finite check, the optimizer and the epoch's sums, and the most frequent operations."""
     t = result["total"]
     shape = "x".join(str(s) for s in result["input_shape"])
-    lines = [f"{result['model']} training step, batch {result['batch']} of {shape} on {result['device']}: "
+    precision = "" if result.get("precision", "fp32") == "fp32" else f" in {result['precision']}"
+    lines = [f"{result['model']} training step, batch {result['batch']} of {shape} on {result['device']}{precision}: "
              f"{t.ops} device ops, {t.syncs} host syncs, {t.host_to_device} host-to-device and "
              f"{t.device_to_host} device-to-host copies"]
-    rows = [(str(i), text, str(f.ops), str(b.ops)) for i, text, f, b in result["layers"]]
+    rows = [("", "data (gather, crop, flip, normalise)", str(result["data"].ops), "")]
+    rows += [(str(i), text, str(f.ops), str(b.ops)) for i, text, f, b in result["layers"]]
     rows += [("", "loss (SoftmaxCrossEntropy)", str(result["loss forward"].ops), str(result["loss backward"].ops)),
-             ("", f"optimizer ({result['optimizer_name']})", str(result["optimizer"].ops), "")]
+             ("", "non-finite check", "", str(result["check"].ops)),
+             ("", f"optimizer ({result['optimizer_name']})", "", str(result["optimizer"].ops)),
+             ("", "epoch sums (loss, correct)", str(result["metrics"].ops), "")]
     width = max(len(r[1]) for r in rows)
     lines.append(f"  {'#':>2}  {'part':<{width}}  {'forward':>7}  {'backward':>8}")
     lines += [f"  {i:>2}  {text:<{width}}  {f:>7}  {b:>8}".rstrip() for i, text, f, b in rows]

@@ -92,8 +92,14 @@ def _bench_model_name(text):
         return text
 
 
+_PRECISION_HELP = ("fp32 (default), tf32 (float32 GEMMs on TF32 tensor cores) or bf16 (mixed precision: bfloat16 "
+                   "GEMM operands, float32 weights, optimizer state and loss); tf32 and bf16 need a GPU "
+                   "(cuda or emulated)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__, bench, cli_interop, optim
+    from .devices.precision import PRECISIONS
     from .train import NONFINITE_MODES, TrainConfig
     from .train.metrics import SELECT
     d = TrainConfig()
@@ -139,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="with validation data, score the test split after every epoch too")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated (default: $GPUCNN_DEVICE, else auto: "
                                     "the GPU if usable, otherwise the CPU)")
+    t.add_argument("--precision", type=_lower, choices=PRECISIONS, help=_PRECISION_HELP)
     t.add_argument("--seed", type=int, help=f"random seed: weights, data order, dropout (default {d.seed})")
     t.add_argument("--out", help="run folder for config.json, metrics.jsonl, checkpoint.npz, best.npz and the "
                                  "pictures (default runs/<model>-<dataset>)")
@@ -205,6 +212,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="print device operations, host syncs and transfers per training step (on the emulated "
                         "device) instead of timing")
     b.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated")
+    b.add_argument("--precision", type=_lower, choices=PRECISIONS, default="fp32", help=_PRECISION_HELP)
     b.add_argument("--input-shape", metavar="CxHxW",
                    help="input shape (default 1x28x28 for lenet5/simple_convnet, else 3x32x32)")
     b.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
@@ -219,9 +227,9 @@ def _build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------------ train
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
-                 "decay_all", "schedule", "warmup", "clip", "augment", "label_smoothing", "val_split", "early_stop", "select",
-                 "test_every_epoch", "device", "seed", "out", "overwrite", "limit_train", "limit_test",
-                 "on_nonfinite", "log_every", "download", "distributed", "timeout")
+                 "decay_all", "schedule", "warmup", "clip", "augment", "label_smoothing", "val_split", "early_stop",
+                 "select", "test_every_epoch", "device", "precision", "seed", "out", "overwrite", "limit_train",
+                 "limit_test", "on_nonfinite", "log_every", "download", "distributed", "timeout")
 
 
 def _cmd_train(args) -> int:
@@ -362,12 +370,13 @@ def _cmd_bench(args) -> int:
               "compilation and the warm-up step are not counted")
         for model, batch in cases:
             print(bench.format_op_counts(bench.count_step_ops(model, batch, args.device or "emulated",
-                                                              input_size=size, in_channels=channels)))
+                                                              input_size=size, in_channels=channels,
+                                                              precision=args.precision)))
         return 0
     model, batch = args.model or "lenet5", args.batch_size or 128
     for train in (True, False):
         r = bench.benchmark(model, batch, args.device, steps=args.steps, warmup=args.warmup, train=train,
-                            input_size=size, in_channels=channels)
+                            input_size=size, in_channels=channels, precision=args.precision)
         if train:
             print(f"kernel compilation: {r['compile_seconds']:.3f} s in this process, before timing "
                   f"(excluded from the figures below)" if r["device"] != "cpu" else

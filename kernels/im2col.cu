@@ -11,6 +11,14 @@
 // Totals and flat indices are 64-bit; one image plane (H*W, oh*ow) and kh*kw must fit in int32 (checked by
 // the launcher). Compiled after windows.cuh (GRID_STRIDE_LOOP, for_each_covering_tap), which gpucnn/devices/kernels.py
 // puts in front; the same text by NVRTC (CuPy) and by g++ (gpucnn.emulator).
+// bf16 variants (mixed precision, gpucnn.devices.precision): im2col_bf16 gathers bfloat16 columns from a
+// bfloat16 image (a pure copy: exact); col2im_bf16 sums bfloat16 column gradients in float32 and writes a float32
+// image gradient (the layers before a GEMM work in float32). __nv_bfloat16 comes from cuda_bf16.h under NVRTC
+// and from the emulator's shim under g++.
+
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#include <cuda_bf16.h>
+#endif
 
 template <typename T>
 __device__ void im2col_impl(long long total, const T* __restrict__ x, int N, int C, int G, int H, int W, int kh,
@@ -32,10 +40,10 @@ __device__ void im2col_impl(long long total, const T* __restrict__ x, int N, int
   }
 }
 
-template <typename T>
+template <typename T, typename Out>   // Out: the image's type, in which the taps are summed
 __device__ void col2im_impl(long long total, const T* __restrict__ col, int N, int C, int G, int H, int W, int kh,
                             int kw, int sh, int sw, int ph, int pw, int dh, int dw, int oh, int ow,
-                            T* __restrict__ x) {
+                            Out* __restrict__ x) {
   const int cg = C / G;
   const long long row = (long long)kh * kw * cg;
   const int plane = H * W;
@@ -47,9 +55,9 @@ __device__ void col2im_impl(long long total, const T* __restrict__ col, int N, i
     const int g = c / cg;
     const int hp = rem / W + ph, wp = rem % W + pw;  // position in the padded image
     const T* src = col + ((long long)g * N + n) * oh * ow * row + (c - g * cg);
-    T sum = T(0);
+    Out sum = Out(0);
     for_each_covering_tap(hp, wp, kh, kw, sh, sw, dh, dw, oh, ow, [&](int i, int j, int oy, int ox) {
-      sum += src[((long long)oy * ow + ox) * row + (long long)(i * kw + j) * cg];
+      sum += static_cast<Out>(src[((long long)oy * ow + ox) * row + (long long)(i * kw + j) * cg]);
     });
     x[idx] = sum;
   }
@@ -70,11 +78,23 @@ extern "C" __global__ void im2col_f64(long long total, const double* __restrict_
 extern "C" __global__ void col2im_f32(long long total, const float* __restrict__ col, int N, int C, int G,
                                       int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                                       int dw, int oh, int ow, float* __restrict__ x) {
-  col2im_impl<float>(total, col, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x);
+  col2im_impl<float, float>(total, col, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x);
 }
 
 extern "C" __global__ void col2im_f64(long long total, const double* __restrict__ col, int N, int C, int G,
                                       int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
                                       int dw, int oh, int ow, double* __restrict__ x) {
-  col2im_impl<double>(total, col, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x);
+  col2im_impl<double, double>(total, col, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x);
+}
+
+extern "C" __global__ void im2col_bf16(long long total, const __nv_bfloat16* __restrict__ x, int N, int C, int G,
+                                       int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                       int dw, int oh, int ow, __nv_bfloat16* __restrict__ col) {
+  im2col_impl<__nv_bfloat16>(total, x, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, col);
+}
+
+extern "C" __global__ void col2im_bf16(long long total, const __nv_bfloat16* __restrict__ col, int N, int C, int G,
+                                       int H, int W, int kh, int kw, int sh, int sw, int ph, int pw, int dh,
+                                       int dw, int oh, int ow, float* __restrict__ x) {
+  col2im_impl<__nv_bfloat16, float>(total, col, N, C, G, H, W, kh, kw, sh, sw, ph, pw, dh, dw, oh, ow, x);
 }

@@ -231,6 +231,7 @@ ZOO = {"lenet5": (lambda: models.lenet5(1, 28, 10), (3, 1, 28, 28)),
        "alexnet-small": (lambda: models.alexnet(3, 32, 10), (2, 3, 32, 32)),
        "alexnet-original": (lambda: models.alexnet(3, 128, 10, original=True), (1, 3, 128, 128)),   # ImageNet form
        "vgg": (lambda: models.vgg(3, 32, 10), (3, 3, 32, 32)),
+       "small_vgg": (lambda: models.small_vgg(1, 28, 10), (3, 1, 28, 28)),
        "resnet": (lambda: models.resnet(3, 32, 10, blocks=(2, 1, 1)), (2, 3, 32, 32))}
 
 

@@ -15,8 +15,23 @@ LIBNAME = "libnvrtc.so.13"
 # What cupy.RawModule adds on its own (cupy/_core/core.pyx assemble_cupy_compiler_options and
 # cupy/cuda/compiler.py, CuPy 14): -ftz=true always, --device-as-default-execution-space (no jitify),
 # -arch=sm_XX of the device (cubin; -arch=compute_XX with CUPY_COMPILE_WITH_PTX=1), and include paths
-# (CCCL, cupy/_core/include, $CUDA_PATH/include) that our self-contained kernels do not use.
+# (CCCL, cupy/_core/include, $CUDA_PATH/include or the CUDA headers' wheel). Of those our kernels use one header,
+# cuda_bf16.h (the bf16 variants), which NVRTC 13 does not build in: it is taken from the nvidia-cuda-runtime wheel
+# (site-packages/nvidia/cu13/include), as CuPy takes it from the CUDA headers for its own bfloat16 support.
 CUPY_ADDED_OPTIONS = ("-ftz=true", "--device-as-default-execution-space")
+
+
+def cuda_include_dir():
+    """The CUDA headers' folder of the nvidia-cuda-runtime wheel (holding cuda_bf16.h), or None."""
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "cu13" / "include"
+        if (path / "cuda_bf16.h").exists():
+            return path
+    return None
+
+
+INCLUDE_OPTIONS = (f"-I{cuda_include_dir()}",) if cuda_include_dir() else ()
 
 
 class NvrtcError(RuntimeError):

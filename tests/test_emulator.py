@@ -220,6 +220,37 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
         "avgpool_forward": (["const T* x"], window + ["int oh", "int ow", "int count_include_pad"], ["T* y"]),
         "avgpool_backward": (["const T* dy"], window + ["int oh", "int ow", "int count_include_pad"], ["T* dx"]),
     }
+    xent = ["const long long* labels", "const T* weight", "int has_weight", "long long ignore_index", "int smoothing",
+            "T keep", "T eps_over_k"]
+    fused = {   # the fused kernels (gpucnn/devices/fused.py), whole signatures after `long long total`
+        "bias_act": ["const T* src", "const T* bias", "int G", "int OG", "int P", "long long sn", "long long sg",
+                     "long long so", "long long sq", "int has_bias", "int relu", "T* y"],
+        "relu_backward": ["const T* y", "const T* dout", "T* dx"],
+        "xent_forward": ["int K", "const T* logits"] + xent + ["T* losses", "T* wy", "T* stats"],
+        "xent_reduce": ["long long N", "const T* losses", "const T* wy", "int mean", "T* out"],
+        "xent_backward": ["int K", "const T* logits", "const T* stats"] + xent + [
+            "T wsum", "const T* dout", "int dout_mode", "T dout_value", "const T* red", "int mean", "T* grad"],
+        "lrn_forward": ["const T* x", "int C", "long long HW", "int before", "int after", "T coef", "T k",
+                        "T neg_beta", "T* y", "T* d", "T* scale"],
+        "lrn_backward": ["const T* x", "const T* y", "const T* d", "const T* scale", "const T* dout", "int C",
+                         "long long HW", "int before", "int after", "T c2", "T* dx"],
+        "sgd_step": ["T* p", "const T* g", "T* buf", "T lr", "int decay", "T wd", "int use_momentum", "T momentum",
+                     "int first", "int damped", "T keep", "int nesterov"],
+        "adagrad_step": ["T* p", "const T* g", "T* sum", "T clr", "int decay", "T wd", "T eps"],
+        "rmsprop_step": ["T* p", "const T* g", "T* square_avg", "T* grad_avg", "T* buf", "T lr", "int decay", "T wd",
+                         "T alpha", "T one_minus_alpha", "T eps", "int centered", "int use_momentum", "T momentum"],
+        "adam_step": ["T* p", "const T* g", "T* exp_avg", "T* exp_avg_sq", "T* max_exp_avg_sq", "int decay", "T wd",
+                      "int decoupled", "T shrink", "T one_minus_beta1", "T beta2", "T one_minus_beta2", "int amsgrad",
+                      "T bc2_sqrt", "T eps", "T step_size"],
+        "nonfinite_check": ["long long n", "const T* values", "const T* loss", "long long step",
+                            "long long* first_bad"],
+        "accumulate_metrics": ["int K", "const T* logits", "const long long* labels", "const T* loss", "T count",
+                               "double* loss_sum", "long long* correct"],
+        "gather_batch": ["const unsigned char* images", "const long long* labels", "const int* draws", "int has_crop",
+                         "int has_flip", "int pad", "int C", "int H", "int W", "const T* scale", "const T* shift",
+                         "T* out", "long long* out_labels"],
+    }
+    want.update({op: (sig, [], []) for op, sig in fused.items()})
     found = {}
     for path in kernels.sources().values():
         found.update(emulator.parse_kernels(path.read_text()))
@@ -229,7 +260,17 @@ def test_project_kernel_signatures_match_what_the_launchers_pass():
         for suffix, t in (("f32", "float"), ("f64", "double")):
             name = f"{base}_{suffix}"
             expected.add(name)
-            sig = ["long long total"] + [s.replace("T*", f"{t}*") for s in inputs] + geometry + \
-                  [s.replace("T*", f"{t}*") for s in outputs]
+            typed = lambda params: [s.replace("T*", f"{t}*").replace("T ", f"{t} ") for s in params]
+            first = "long long N" if op in ("xent_forward", "accumulate_metrics") else "long long total"
+            sig = [first] + typed(inputs) + geometry + typed(outputs)
             assert [str(p) for p in found[name]] == sig, name
-    assert set(found) == expected
+    # the bf16 variants: bfloat16 GEMM operands in; after a GEMM, float32 out (see gpucnn.devices.precision)
+    bf, geometry = "__nv_bfloat16", ["int N", "int C", "int G"] + dilated
+    bf16 = {"im2col_bf16": ["long long total", f"const {bf}* x"] + geometry + [f"{bf}* col"],
+            "col2im_bf16": ["long long total", f"const {bf}* col"] + geometry + ["float* x"],
+            "bias_act_bf16": ["long long total", f"const {bf}* src", "const float* bias"] + fused["bias_act"][2:-1]
+            + ["float* y"]}
+    assert {f"{kernels.KERNELS[op][1]}_bf16" for op in kernels.BF16_KERNELS} == set(bf16)
+    for name, sig in bf16.items():
+        assert [str(p) for p in found[name]] == sig, name
+    assert set(found) == expected | set(bf16)

@@ -39,11 +39,13 @@ def test_every_cuda_free_stage_passes_and_the_summary_says_so(tmp_path, data):
     for stage in ("env", "pytest", "train", "bench-gpu", "bench-cpu", "bench-torch", "ops"):
         assert f"== {stage}: PASS" in p.stdout
         assert any(line.startswith(stage) and " PASS " in line for line in summary.splitlines()), summary
-    assert "kernels compiled for emulated: im2col.cu" in summary
+    assert "kernels compiled for emulated: " in summary and " im2col.cu " in summary
     assert "after 3 epochs" in summary and "after --resume to epoch 4 (epochs in metrics.jsonl: 1,2,3,4)" in summary
     assert "lenet5 b4: " in summary and " ops, 0 syncs per step" in summary
-    row = next(line for line in summary.splitlines() if line.startswith("lenet5 b4 "))
-    assert len(row.split()) == 6, row          # gpucnn GPU, gpucnn CPU, torch GPU images/s and their ratio
+    for precision in ("fp32", "tf32", "bf16"):   # gpucnn GPU, (CPU: fp32 only), torch GPU, their ratio, x fp32
+        row = next(line for line in summary.splitlines() if line.startswith(f"lenet5 b4 {precision} ")).split()
+        assert len(row) == 8 and (row[4] == "-") == (precision != "fp32"), row
+        assert all(float(v) > 0 for i, v in enumerate(row[3:]) if i != 1 or precision == "fp32"), row
     assert summary.rstrip().splitlines()[-1].startswith("RESULT: PASS")
 
 

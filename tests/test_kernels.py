@@ -300,6 +300,15 @@ def test_every_source_compiles_once_per_process(kernel_device):
         y, arg = ops.maxpool_forward(x, 2, 2, 2, 2, 0, 0)
         ops.col2im(ops.im2col(x, 3, 3, 1, 1, 1, 1), x.shape, 1, 1, 1, 1)
         ops.avgpool_backward(ops.avgpool_forward(x.astype(np.float64), 2, 2, 1, 1, 0, 0), x.shape, 2, 2, 1, 1, 0, 0)
+        ops.relu_backward(x, x)
+        ops.lrn_backward(x, *ops.lrn_forward(x, 3, 1e-4, 0.75, 2.0), x, 3, 1e-4, 0.75)
+        labels = to(kernel_device)(np.zeros(4, np.int64))
+        ops.xent_reduce(*ops.xent_forward(x.reshape(4, 4), labels, None, -100, 0.0)[:2], True)
+        ops.sgd_step(x.reshape(-1).copy(), x.reshape(-1), None, 0.1, 0.0, 0.0, True, 0.0, False)
+        ops.nonfinite_check(x.reshape(-1), None, 1, to(kernel_device)(np.array(-1)))
+        ops.gather_batch(to(kernel_device)(np.zeros((2, 1, 2, 2), np.uint8)), labels[:2],
+                         to(kernel_device)(np.zeros((1, 4), np.int32)), False, False, 0, x.reshape(-1)[:1],
+                         x.reshape(-1)[:1], np.float32)
     counts = kernels.compile_counts()
     for source in kernels.sources():
         assert counts[(source, str(kernel_device))] == 1
@@ -309,7 +318,8 @@ def test_info_names_sources_and_compiled_modules():
     kernels.im2col(to(EMU)(np.ones((1, 1, 3, 3), np.float32)), 2, 2, 1, 1, 0, 0)
     info = kernels.info()
     assert info["source_origin"] in ("checkout", "package")
-    assert set(info["sources"]) == {"im2col.cu", "pooling.cu"}
+    assert set(info["sources"]) == {"im2col.cu", "pooling.cu", "activation.cu", "loss.cu", "lrn.cu", "optim.cu",
+                                    "check.cu", "data.cu"}
     compiled = {(c["source"], c["device"]): c for c in info["compiled"]}
     assert compiled[("im2col.cu", "emulated")]["times"] == 1
     assert compiled[("im2col.cu", "emulated")]["seconds"] >= 0

@@ -153,8 +153,7 @@ def test_out_of_range_labels_on_a_device_poison_the_loss_without_a_sync(bad, gpu
     assert np.isnan(grad[2]).any()
     good = L.SoftmaxCrossEntropy()
     good.forward(SCORES, np.array([0, 1, 1, 2]))
-    tolerances.assert_close(grad[[0, 1, 3]], good.backward()[[0, 1, 3]], gpu_device, "good samples",
-                            "exact" if gpu_device.kind == "emulated" else "step")
+    tolerances.assert_close(grad[[0, 1, 3]], good.backward()[[0, 1, 3]], gpu_device, "good samples", "step")
 
 
 def test_loss_on_a_device_with_good_labels_equals_the_cpu(gpu_device):
@@ -162,10 +161,9 @@ def test_loss_on_a_device_with_good_labels_equals_the_cpu(gpu_device):
     cpu, dev = L.SoftmaxCrossEntropy(), L.SoftmaxCrossEntropy()
     want = cpu.forward(SCORES, labels)
     got = dev.forward(backend.to_device(SCORES, gpu_device), backend.to_device(labels, gpu_device))
-    same = "exact" if gpu_device.kind == "emulated" else "step"
-    assert got.dtype == want.dtype == SCORES.dtype
-    tolerances.assert_close(got, want, gpu_device, "loss", same)
-    tolerances.assert_close(dev.backward(), cpu.backward(), gpu_device, "dlogits", same)
+    assert got.dtype == want.dtype == SCORES.dtype   # a kernel on a GPU, its numpy twin on the CPU: to rounding
+    tolerances.assert_close(got, want, gpu_device, "loss", "step")
+    tolerances.assert_close(dev.backward(), cpu.backward(), gpu_device, "dlogits", "step")
 
 
 def test_loss_is_a_layer_without_parameters():

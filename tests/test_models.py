@@ -143,3 +143,20 @@ def test_resnet_stages_and_options():
         models.resnet(widths=(16, 32), blocks=(1,))
     with pytest.raises(ValueError, match="widths must be a positive int"):
         models.resnet(widths=(16, 0), blocks=(1, 1))
+
+
+def test_vgg_conv_counts_per_block_and_pooling_before_the_norm():
+    from gpucnn.layers import BatchNorm2D, Conv2D, MaxPool2D
+    kinds = lambda m: [type(layer).__name__ for layer in m.layers[:15]]
+    model = models.vgg(1, 28, 10, convs_per_block=(1, 1, 2), pool_before_norm=True)
+    assert kinds(model) == ["Conv2D", "MaxPool2D", "BatchNorm2D", "ReLU"] * 2 + [
+        "Conv2D", "BatchNorm2D", "ReLU", "Conv2D", "MaxPool2D", "BatchNorm2D", "ReLU"]
+    assert [l.out_channels for l in model.layers if isinstance(l, Conv2D)] == [32, 64, 128, 128]
+    assert isinstance(models.vgg(1, 28, 10, convs_per_block=1).layers[3], MaxPool2D)
+    assert [type(l) for l in models.vgg(1, 28, 10, convs_per_block=1).layers[:2]] == [Conv2D, BatchNorm2D]
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    assert models.small_vgg().forward(x, train=False).shape == (2, 10)
+    assert models.small_vgg().num_params() == 538_858
+    for bad in ((1, 2), (1, 0, 1)):
+        with pytest.raises(ValueError, match="vgg: "):
+            models.vgg(1, 28, 10, convs_per_block=bad)

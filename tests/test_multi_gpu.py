@@ -23,16 +23,19 @@ def second_gpu(request):
 
 
 def every_layer():
+    # No bias right before a BatchNorm: its gradient is rounding noise (BN removes any offset), which adaptive
+    # optimizers scale up to +-lr, so devices that round differently (the fused kernels) would disagree by lr.
     return L.Sequential(
-        L.Conv2D(3, 4, 3, padding=1), L.BatchNorm2D(4), L.ReLU(), L.LRN(3, alpha=0.5), L.MaxPool2D(2),
+        L.Conv2D(3, 4, 3, padding=1, bias=False), L.BatchNorm2D(4), L.ReLU(), L.LRN(3, alpha=0.5), L.MaxPool2D(2),
         L.Conv2D(4, 4, 3, padding=1), L.AvgPool2D(2), L.Dropout(0.0), L.Flatten(), L.Affine(16, 8), L.LeakyReLU(0.1),
-        L.Tanh(), L.Affine(8, 6), L.BatchNorm1D(6), L.Sigmoid(), L.Affine(6, 5))
+        L.Affine(8, 6), L.Tanh(), L.BatchNorm1D(6), L.Sigmoid(), L.Affine(6, 5))
 
 
 @pytest.mark.parametrize("opt", optim.names())
 def test_a_training_step_runs_on_the_gpu_its_arrays_live_on(second_gpu, opt, monkeypatch):
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)    # the second conv takes Winograd
     monkeypatch.setattr(winograd, "MIN_ROWS", 1)
+    monkeypatch.setattr(winograd, "ON_GPU", True)       # on the GPU too
     rng = np.random.default_rng(0)
     x, t = rng.standard_normal((4, 3, 8, 8)).astype(np.float32), rng.integers(0, 5, 4)
     results = {}
@@ -54,7 +57,7 @@ def test_a_training_step_runs_on_the_gpu_its_arrays_live_on(second_gpu, opt, mon
                                                                      *model.buffers.values(), *model.grads.values()))
         results[dev] = {k: backend.to_cpu(v) for k, v in arrays.items()}
     for k, v in results["cpu"].items():
-        assert_close(results[second_gpu][k], v, second_gpu, what=k, tol="step")
+        assert_close(results[second_gpu][k], v, second_gpu, what=k, tol="optim")   # kernels and twins round apart
 
 
 def test_dropout_draws_from_the_second_gpus_own_generator(second_gpu):

@@ -13,6 +13,9 @@ from gpucnn.devices import emulator, kernels
 
 lib, why = _nvrtc.library()
 pytestmark = pytest.mark.skipif(lib is None, reason=f"NVRTC unavailable: {why}")
+if lib is not None and _nvrtc.cuda_include_dir() is None:   # the bf16 variants include cuda_bf16.h: required, not skipped
+    raise ImportError("cuda_bf16.h not found: install the nvidia-cuda-runtime wheel (pip install "
+                      "'nvidia-cuda-runtime>=13', in gpucnn's test extra)")
 
 ARCHS = (75, 80, 90)
 SOURCES = sorted(kernels.sources())
@@ -20,11 +23,12 @@ SOURCES = sorted(kernels.sources())
 
 def cupy_options(arch: str):
     """Our options plus what cupy.RawModule adds (see tests/_nvrtc.py and gpucnn/kernels.py)."""
-    return kernels.OPTIONS + _nvrtc.CUPY_ADDED_OPTIONS + (f"-arch={arch}",)
+    return kernels.OPTIONS + _nvrtc.CUPY_ADDED_OPTIONS + _nvrtc.INCLUDE_OPTIONS + (f"-arch={arch}",)
 
 
 def expected_kernels(source):
-    return {f"{base}_{s}" for src, base in kernels.KERNELS.values() if src == source for s in ("f32", "f64")}
+    return {f"{base}_{s}" for name, (src, base) in kernels.KERNELS.items() if src == source
+            for s in ("f32", "f64") + (("bf16",) if name in kernels.BF16_KERNELS else ())}
 
 
 def assert_clean(log, what):

@@ -9,6 +9,7 @@ import torch
 
 import tolerances
 from _devices import no_host_sync
+from gpucnn.devices import step_twins
 from gpucnn import devices as backend
 from gpucnn import optim
 
@@ -110,7 +111,7 @@ def test_host_update_in_blocks_is_bit_identical_to_whole_arrays(ours, tcls, tkw,
     params["1.W"] = np.asfortranarray(params["1.W"])
     results = []
     for block in (10 ** 9, 5):
-        monkeypatch.setattr(optim.optimizers, "_BLOCK", block)
+        monkeypatch.setattr(step_twins, "BLOCK", block)
         p = {k: v.copy(order="K") for k, v in params.items()}
         ids = {k: id(v) for k, v in p.items()}
         run(ours(), p, grad_seq)
@@ -145,24 +146,25 @@ def test_gpu_no_sync_and_same_result(ours, tcls, tkw, gpu_device):
 
 
 @pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)
-def test_float32_arithmetic_never_widens(ours, tcls, tkw, monkeypatch):
-    """Every elementwise op on device arrays takes and gives float32: no float64 temporaries or scalars."""
-    seen = []
-    original = backend.emulated._ufunc    # every ufunc call and operator on emulated arrays goes through it
-
-    def spy(ufunc, method, inputs, kwargs):
-        result = original(ufunc, method, inputs, kwargs)
-        for x in (*inputs, result):
-            kind = x.dtype.name if hasattr(x, "dtype") else type(x).__name__
-            seen.append((ufunc.__name__, kind))
-        return result
-
-    monkeypatch.setattr(backend.emulated, "_ufunc", spy)
+def test_an_update_is_one_float32_kernel_per_parameter_or_per_flat_buffer(ours, tcls, tkw):
+    """Separate parameters: one launch of the rule's float32 kernel each (the emulator refuses float64 scalars
+    for a float32 kernel, so nothing widens); parameters and gradients in flat buffers: one launch in all."""
     params = on("emulated", make_params(np.float32))
-    run(ours(), params, [on("emulated", g) for g in make_grads(np.float32, 3)])
-    assert seen
-    widened = {(name, kind) for name, kind in seen if kind not in ("float32", "float", "int")}
-    assert not widened
+    grads = [on("emulated", g) for g in make_grads(np.float32, 3)]
+    opt = ours()
+    opt.update(params, grads[0])            # the first update lays the state out
+    with backend.count_device_ops() as counts:
+        opt.update(params, grads[1])
+    assert counts.ops == len(params) and counts.syncs == counts.host_to_device == 0
+    assert all(op.startswith("kernel:") and op.endswith("_step_f32") for op in counts.by_op), counts.by_op
+    layer_params = {k: v.copy() for k, v in params.items()}
+    flat_p = backend.flat.FlatArrays(layer_params)
+    flat_g = backend.flat.FlatArrays(grads[2])
+    with backend.count_device_ops() as counts:
+        opt.update(flat_p.views, flat_g.views)   # the state is laid out again, in the flat buffers' order
+    with backend.count_device_ops() as again:
+        opt.update(flat_p.views, flat_g.views)
+    assert again.ops == 1 and list(again.by_op)[0].endswith("_step_f32"), again.by_op
 
 
 @pytest.mark.parametrize("ours,tcls,tkw", CONFIGS, ids=IDS)

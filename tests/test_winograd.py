@@ -67,9 +67,55 @@ def test_copy_blocked_copies_any_transpose(monkeypatch):
 
 @pytest.fixture
 def winograd_for_all(monkeypatch):
-    """Let Conv2D take Winograd at any size, so that small layers exercise it."""
+    """Let Conv2D take Winograd at any size and on GPUs too, so that small layers exercise it on every device."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
     monkeypatch.setattr(winograd, "MIN_ROWS", 1)
+    monkeypatch.setattr(winograd, "ON_GPU", True)
+
+
+def test_gpus_take_im2col_unless_told_otherwise(monkeypatch):
+    """The CPU's measured rule picks Winograd for AlexNet's 3x3 layers; a GPU takes im2col (fewer device
+    operations, see winograd.ON_GPU), also for column_bytes, unless ON_GPU is set."""
+    layer, shape = L.Conv2D(192, 384, 3, padding=1), (32, 192, 8, 8)
+    assert layer.uses_winograd(shape) and layer.uses_winograd(shape, device="cpu")
+    assert not layer.uses_winograd(shape, device="emulated") and not layer.uses_winograd(shape, device=backend.Device("cuda", 0))
+    assert layer.column_bytes(shape, device="emulated") == 32 * 64 * 9 * 192 * 4 != layer.column_bytes(shape)
+    monkeypatch.setattr(winograd, "ON_GPU", True)
+    assert layer.uses_winograd(shape, device="emulated")
+    x = backend.to_device(np.zeros(shape, np.float32), "emulated")
+    with backend.count_device_ops() as counts:
+        layer.to("emulated").forward(x)
+    assert counts.by_op["kernel:im2col_f32"] == 0
+
+
+def _step_ops(shape):
+    """Device operations of a 3x3 Conv2D followed by a ReLU on the emulated device: (forward, backward with
+    the input gradient), counted on a second step (kernels compiled, buffers made)."""
+    dev = backend.get_device("emulated")
+    net = L.Sequential(L.Conv2D(shape[1], 2 * shape[1], 3, padding=1), L.ReLU()).to(dev)
+    net.need_input_grad = True
+    x = backend.to_device(case_rng(shape).standard_normal(shape, dtype=np.float32), dev)
+    for _ in range(2):
+        with backend.count_device_ops() as forward:
+            y = net.forward(x, train=True)
+        with backend.count_device_ops() as backward:
+            net.backward(y)
+    assert forward.syncs == backward.syncs == forward.host_to_device == backward.host_to_device == 0
+    return forward.ops, backward.ops
+
+
+def test_im2col_costs_a_gpu_fewer_device_operations_than_winograd(monkeypatch):
+    """Why a GPU takes im2col (winograd.ON_GPU = False), counted: a 3x3 layer and its ReLU cost 4 device
+    operations forward and 7 backward through im2col (the ReLU fused), whatever its size, against 40 and
+    74-75 through the Winograd transforms as array passes (README, "GPU speed"; one more for a cut-off tile)."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_ROWS", 1)
+    shape = (2, 4, 6, 5)
+    assert _step_ops(shape) == (4, 7)
+    monkeypatch.setattr(winograd, "ON_GPU", True)
+    assert L.Conv2D(4, 8, 3, padding=1).uses_winograd(shape, device="emulated")
+    forward, backward = _step_ops(shape)
+    assert forward >= 5 * 4 and backward >= 5 * 7, (forward, backward)
 
 
 def test_conv2d_chooses_winograd_only_for_3x3_stride_1_where_it_pays(monkeypatch):
@@ -146,7 +192,8 @@ def test_conv2d_through_winograd_takes_non_contiguous_input_and_gradient(winogra
     assert_close(layer.grads["b"], bt.grad, "db", any_device)
 
 
-def test_conv2d_through_winograd_at_alexnet_size_matches_torch(any_device):
+def test_conv2d_through_winograd_at_alexnet_size_matches_torch(any_device, monkeypatch):
+    monkeypatch.setattr(winograd, "ON_GPU", True)
     rng = np.random.default_rng(4)
     c, o = 192, 384
     layer = L.Conv2D(c, o, 3, padding=1)

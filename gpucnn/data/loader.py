@@ -6,7 +6,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from ..devices import get_device, host_rng, to_cpu, to_device
+from ..devices import device_scope, get_device, host_rng, ops, to_cpu, to_device
 from .datasets import Dataset, channel_stats
 
 
@@ -56,7 +56,14 @@ class DataLoader:
     Normalisation is ``(x/255 - mean) / std`` per channel for uint8 images (``x/255`` alone when
     ``normalize=False``); float images are taken as already scaled to [0, 1]. mean/std come from the Dataset,
     the arguments, or are computed from the images given. ``limit`` keeps the first n examples. Images and
-    labels given as device arrays are copied to the host once (batches are made there and sent to `device`).
+    labels given as device arrays are copied to the host once.
+
+    On a GPU, uint8 images stay on the device: they and the labels are uploaded once (at the first iteration),
+    each epoch's order, crops and flips (:meth:`draws`) are drawn on the host and uploaded as one table when the
+    epoch starts, and each batch is one kernel gathering, cropping, flipping and normalising its images there
+    (kernels/data.cu): a training step makes no host work and no host-to-device copy for its data. Elsewhere
+    (the CPU, float images) the same draws are applied by the kernel's numpy twin and the batch is sent to
+    `device`. Either way an epoch's batches are the same, bit for bit on the CPU.
 
     ``shard=(rank, world)``: the loader of one process of a data-parallel run. The batches, their order and
     their crops and flips are those of the whole loader (``batch_size`` is the global batch); each one yields
@@ -108,6 +115,8 @@ class DataLoader:
         self.device = get_device(device)
         self.epoch = 0
         self._scale, self._shift = self._normalisation(normalize, mean, std)
+        self._resident = None      # (images, labels, scale, shift) on the device, once uploaded
+        self._fixed_draws = None   # the device draws of a loader without shuffling or augmentation
         if shard is not None:
             rank, world = (int(v) for v in shard)
             if not 0 <= rank < world:
@@ -175,20 +184,41 @@ class DataLoader:
     def __iter__(self):
         epoch = self.epoch
         self.epoch += 1
-        return self._batches(self.draws(epoch))
+        resident = self._on_device()
+        if resident is None:
+            return self._batches(self.draws(epoch), (self.images, self.labels, self._scale.reshape(-1),
+                                                     self._shift.reshape(-1)))
+        if self._fixed_draws is not None:
+            return self._batches(self._fixed_draws, resident)
+        with device_scope(self.device):
+            draws = to_device(self.draws(epoch), self.device)   # the epoch's one upload, before its first step
+        if not self.shuffle and not self.augment:
+            self._fixed_draws = draws
+        return self._batches(draws, resident)
 
-    def _batches(self, draws):
+    def _on_device(self):
+        """(images, labels, scale, shift) on the GPU, uploaded at the first call; None where batches are made
+        on the host (the CPU, or float images)."""
+        if not self.device.is_gpu or self.images.dtype != np.uint8:
+            return None
+        if self._resident is None:
+            with device_scope(self.device):
+                self._resident = tuple(to_device(np.ascontiguousarray(a), self.device) for a in (
+                    self.images, self.labels, self._scale.reshape(-1), self._shift.reshape(-1)))
+        return self._resident
+
+    def _batches(self, draws, data):
+        images, labels, scale, shift = data
+        crop, flip = "crop" in self.augment, "flip" in self.augment
         for start in range(0, len(draws), self.batch_size):
             rows = self._share(draws[start:start + self.batch_size])
             if rows is None:
                 continue
-            x = self.images[rows[:, 0]]
-            if "crop" in self.augment:
-                x = self._crop(x, rows[:, 1], rows[:, 2])
-            if "flip" in self.augment:
-                x = np.where(rows[:, 3, None, None, None] != 0, x[..., ::-1], x)
-            y = self.labels[rows[:, 0]]
-            yield to_device(self._normalise(x), self.device), to_device(np.ascontiguousarray(y), self.device)
+            with device_scope(draws):   # not across the yield: the consumer runs in its own scope
+                x, y = ops.gather_batch(images, labels, rows, crop, flip, self.pad, scale, shift, self.dtype)
+            if images is self.images:   # made on the host: send it
+                x, y = to_device(x, self.device), to_device(y, self.device)
+            yield x, y
 
     def _share(self, rows):
         """This process's rows of a batch's draws (see the class doc), or None when it takes nothing."""
@@ -198,22 +228,6 @@ class DataLoader:
         if stop > start:
             return rows[start:stop]
         return rows[:1] if self.pad_shards else None
-
-    def _normalise(self, x):
-        out = np.empty(x.shape, self.dtype)
-        np.multiply(x, self._scale, out=out, dtype=self.dtype)
-        np.subtract(out, self._shift, out=out)
-        return out
-
-    def _crop(self, x, dy, dx):
-        """Crops of the zero-padded images, same size as the input, at row offsets dy and column offsets dx
-        (each in 0..2*pad)."""
-        p = self.pad
-        b, c, h, w = x.shape
-        padded = np.zeros((b, c, h + 2 * p, w + 2 * p), x.dtype)
-        padded[:, :, p:p + h, p:p + w] = x
-        windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))
-        return windows[np.arange(b), :, dy, dx]
 
     def __repr__(self):
         shard = f", shard={self.shard}" if self.shard else ""

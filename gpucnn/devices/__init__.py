@@ -5,10 +5,11 @@
 :mod:`.cupy_model` (what each call costs on CuPy) and :mod:`.counters` (device operations, host syncs and
 transfers counted on it), :mod:`.emulator` (kernels/*.cu run on the CPU), :mod:`.kernels` (compile once per
 device, launch) beside :mod:`.twins` (their numpy references), :mod:`.ops` (kernel or twin, by the array's
-device) and :mod:`.dlpack` (other libraries' arrays without a copy). Importing this package registers the
-emulated device with the core.
+device), :mod:`.dlpack` (other libraries' arrays without a copy) and :mod:`.precision` (fp32, tf32 and bf16
+scopes). Importing this package registers the emulated device with the core.
 """
-from . import core, counters, cuda, emulated, emulator
+from . import core, counters, cuda, emulated, emulator, precision
+from . import flat  # noqa: F401 (gpucnn.devices.flat: flat parameter buffers, used as devices.flat)
 from .core import (CPU, DEVICE_ENV, EMULATED, CudaUnavailableError, Device, DeviceMismatchError, DeviceTimer,
                    batch_rows, device_of, device_scope, get_array_module, get_device, get_rng_state, host_rng,
                    is_gpu_array, random_uniform, seed, set_rng_state, synchronize, to_cpu, to_device)
@@ -16,6 +17,7 @@ from .counters import DeviceOpCounts, count_device_ops, transfer_stats
 from .cuda import cuda_status, cupy_module
 from .dlpack import from_dlpack
 from .emulated import EmulatedArray, emulated_xp
+from .precision import PRECISIONS, PrecisionError, get_precision
 
 core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.EmulatedArray,
                    count=emulated.GPU_COUNT, upload=emulated.upload, copy_to=emulated.copy_to,
@@ -27,5 +29,6 @@ core.register_kind("emulated", xp=emulated.emulated_xp, array_type=emulated.Emul
 __all__ = ["CPU", "EMULATED", "DEVICE_ENV", "CudaUnavailableError", "Device", "DeviceMismatchError",
            "DeviceOpCounts", "DeviceTimer", "EmulatedArray", "batch_rows", "count_device_ops", "counters", "cuda",
            "cuda_status", "cupy_module", "device_of", "device_scope", "emulated_xp", "from_dlpack", "get_array_module",
-           "get_device", "get_rng_state", "host_rng", "is_gpu_array", "random_uniform", "seed", "set_rng_state",
+           "get_device", "get_precision", "get_rng_state", "precision", "PRECISIONS", "PrecisionError", "host_rng",
+           "is_gpu_array", "random_uniform", "seed", "set_rng_state",
            "synchronize", "to_cpu", "to_device", "transfer_stats"]

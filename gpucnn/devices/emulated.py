@@ -406,12 +406,67 @@ def _ufunc(ufunc, method, inputs, kwargs):
     kwargs = {k: (_operands(v, what) if k != "out" else v) for k, v in kwargs.items()}
     if name == "matmul" and method == "__call__":
         count_matmul(*args[:2], out=kwargs["out"][0] if out is not None else None)
+        if len(args) == 2 and set(kwargs) <= {"out"}:   # cuBLAS's rounding (other arguments: numpy's matmul)
+            return _gemm(args, kwargs["out"][0] if out is not None else None, out)
     else:
         counters.op(f"{_UFUNC_METHODS.get(method, 'ufunc')}:{name}")
     result = _quiet(getattr(ufunc, method), *args, **kwargs)
     if out is not None:
         return out[0] if len(out) == 1 else out
     return _wrap(result)
+
+
+# ------------------------------------------------------------------------------------------- GEMMs
+
+_tf32 = set()   # emulated GPUs whose float32 GEMMs run in TF32 (gpucnn.devices.precision sets it)
+
+
+def set_tf32(index: int, on: bool):
+    """Let emulated GPU `index` run float32 GEMMs as TF32 tensor cores do (cuBLAS's TF32 math mode): operands
+    rounded to a 10-bit mantissa (round_tf32), products summed in float32."""
+    (_tf32.add if on else _tf32.discard)(int(index))
+
+
+def tf32_enabled(index: int) -> bool:
+    return int(index) in _tf32
+
+
+def _round_mantissa(x, dropped_bits: int):
+    """float32 `x` (numpy) rounded to nearest even, keeping 23 - dropped_bits mantissa bits; inf and NaN kept."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    half = np.uint32((1 << (dropped_bits - 1)) - 1)
+    lsb = (bits >> np.uint32(dropped_bits)) & np.uint32(1)
+    rounded = (bits + half + lsb) & np.uint32(~((1 << dropped_bits) - 1) & 0xFFFFFFFF)
+    special = (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
+    return np.where(special, bits, rounded).view(np.float32)
+
+
+def round_tf32(x):
+    """float32 array (numpy) -> the TF32 values tensor cores multiply: 10 mantissa bits kept, rounded to nearest
+    even (as cvt.rna.tf32.f32 rounds, save ties: PTX ISA 'cvt'; hardware fed float32 directly may truncate
+    instead, which at most doubles the error, 2^-11 -> 2^-10 relative), still stored as float32."""
+    return _round_mantissa(x, 13)
+
+
+def _gemm(operands, out_buffer, out):
+    """matmul (and ``@``, what the layers call; ``dot`` is not modelled) on the emulated GPU as cuBLAS computes
+    it: bfloat16 operands multiplied and summed in float32 (CUBLAS_COMPUTE_32F) and the result rounded to
+    bfloat16 (numpy with ml_dtypes would return float32); float32 operands rounded to TF32 first when the
+    device's TF32 mode is on. An `out` of another dtype gets the result through a copy (CuPy's
+    elementwise_copy, counted)."""
+    a, b = operands
+    dtype = np.promote_types(a.dtype, b.dtype)
+    if dtype.name == "bfloat16":
+        a, b = a.astype(np.float32), b.astype(np.float32)
+    elif dtype == np.float32 and current() in _tf32:
+        a, b = round_tf32(a), round_tf32(b)
+    result = _quiet(np.matmul, a, b).astype(dtype, copy=False)
+    if out is None:
+        return _wrap(result)
+    if out_buffer.dtype != dtype:
+        counters.op("copy")
+    out_buffer[...] = result
+    return out[0] if len(out) == 1 else out
 
 
 class _Ufunc:

@@ -63,7 +63,27 @@ inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, sizeof f); ret
 inline int __float_as_int(float v) { int i; std::memcpy(&i, &v, sizeof i); return i; }
 inline double __longlong_as_double(long long v) { double d; std::memcpy(&d, &v, sizeof d); return d; }
 inline long long __double_as_longlong(double v) { long long i; std::memcpy(&i, &v, sizeof i); return i; }
+// bfloat16 as cuda_bf16.h's __nv_bfloat16: 16 bits of storage (float's top half); from float rounded to nearest
+// even (NaN kept quiet), as __float2bfloat16 rounds; to float exactly.
+struct __nv_bfloat16 {
+  unsigned short x;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f) {
+    unsigned int u; std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) { x = (unsigned short)((u >> 16) | 0x40u); return; }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    x = (unsigned short)(u >> 16);
+  }
+  __nv_bfloat16(double d) : __nv_bfloat16((float)d) {}
+  __nv_bfloat16(int i) : __nv_bfloat16((float)i) {}
+  operator float() const { unsigned int u = (unsigned int)x << 16; float f; std::memcpy(&f, &u, sizeof f); return f; }
+};
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
+inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
 template <typename T> inline T atomicAdd(T* address, T value) { T old = *address; *address = old + value; return old; }
+template <typename T> inline T atomicCAS(T* address, T compare, T value) {
+  T old = *address; if (old == compare) *address = value; return old;
+}
 """
 
 # C parameter type -> numpy dtype of the value CUDA reads.
@@ -77,6 +97,7 @@ C_TYPES = {
     "signed char": np.dtype(np.int8), "unsigned char": np.dtype(np.uint8), "char": np.dtype(np.int8),
     "bool": np.dtype(np.bool_),
 }
+BF16_C_TYPE = "__nv_bfloat16"   # its numpy dtype is ml_dtypes.bfloat16, imported when a kernel takes one
 _NP_TO_C = {np.dtype(np.float32): "float", np.dtype(np.float64): "double", np.dtype(np.int32): "int",
             np.dtype(np.int64): "long long", np.dtype(np.uint32): "unsigned int",
             np.dtype(np.uint64): "unsigned long long"}
@@ -108,6 +129,9 @@ class Param:
 
     @property
     def dtype(self):
+        if self.ctype == BF16_C_TYPE:
+            from .precision import bf16_dtype
+            return bf16_dtype()
         return None if self.ctype == "void" else C_TYPES[self.ctype]
 
     def __str__(self):
@@ -129,9 +153,9 @@ def _parse_param(text: str, kernel: str) -> Param:
         raise ValueError(f"kernel {kernel}: parameter {name!r} is a pointer to pointer, not supported")
     const = "const" in words[:words.index("*")] if stars else "const" in words
     base = " ".join(w for w in words if w not in ("const", "*", "__restrict__", "__restrict", "volatile"))
-    if base not in C_TYPES and not (stars and base == "void"):
+    if base not in C_TYPES and not (stars and base in ("void", BF16_C_TYPE)):
         raise ValueError(f"kernel {kernel}: parameter {name!r} has type {base!r}, which the emulator does not "
-                         f"support (supported: {', '.join(sorted(C_TYPES))})")
+                         f"support (supported: {', '.join(sorted(C_TYPES))}, and {BF16_C_TYPE} arrays)")
     return Param(name, base, bool(stars), const)
 
 
@@ -387,7 +411,7 @@ class Function:
                                 f"Move it with gpucnn.to_device(x, 'emulated')")
             self._refuse(p, f"got {type(a).__name__} {a!r}; a pointer parameter needs a device array")
         if p.dtype is not None and a.dtype != p.dtype:
-            want = _NP_TO_C.get(a.dtype, a.dtype.name)
+            want = _NP_TO_C.get(a.dtype, BF16_C_TYPE if a.dtype.name == "bfloat16" else a.dtype.name)
             self._refuse(p, f"got a {a.dtype.name} array ({want}*), but the kernel reads {p.ctype}*; "
                             f"pass a {p.dtype.name} array")
         if not a.flags.c_contiguous:

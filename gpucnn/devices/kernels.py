@@ -39,8 +39,37 @@ KERNELS = {
     "maxpool_backward": ("pooling.cu", "maxpool_backward"),
     "avgpool_forward": ("pooling.cu", "avgpool_forward"),
     "avgpool_backward": ("pooling.cu", "avgpool_backward"),
+    # the fused passes (launchers in .fused, twins in .fused_twins)
+    "bias_act": ("activation.cu", "bias_act"),
+    "relu_backward": ("activation.cu", "relu_backward"),
+    "xent_forward": ("loss.cu", "xent_forward"),
+    "xent_reduce": ("loss.cu", "xent_reduce"),
+    "xent_backward": ("loss.cu", "xent_backward"),
+    "lrn_forward": ("lrn.cu", "lrn_forward"),
+    "lrn_backward": ("lrn.cu", "lrn_backward"),
+    # the training step's (launchers in .step_kernels, twins in .step_twins)
+    "sgd_step": ("optim.cu", "sgd_step"),
+    "adagrad_step": ("optim.cu", "adagrad_step"),
+    "rmsprop_step": ("optim.cu", "rmsprop_step"),
+    "adam_step": ("optim.cu", "adam_step"),
+    "nonfinite_check": ("check.cu", "nonfinite_check"),
+    "accumulate_metrics": ("check.cu", "accumulate_metrics"),
+    "gather_batch": ("data.cu", "gather_batch"),
 }
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+# Launchers with a bfloat16 variant (<base>_bf16: bfloat16 in, float32 sums and, after a GEMM, float32 out; see
+# gpucnn.devices.precision); the others take float32 and float64 only.
+BF16_KERNELS = ("im2col", "col2im", "bias_act")
+
+
+def is_bf16(dtype) -> bool:
+    """Whether `dtype` is bfloat16 (ml_dtypes'; checked by name, so ml_dtypes is not imported)."""
+    return np.dtype(dtype).name == "bfloat16"
+
+
+def suffix(dtype) -> str:
+    """The kernel name suffix of a dtype: 'f32', 'f64' or 'bf16'."""
+    return "bf16" if is_bf16(dtype) else _SUFFIX[np.dtype(dtype)]
 
 
 class KernelCompileError(RuntimeError):
@@ -176,7 +205,8 @@ def info() -> dict:
         "source_origin": origin,
         "sources": {name: str(path) for name, path in found.items()},
         "options": list(OPTIONS),
-        "kernels": {name: f"{src}:{base}_f32/_f64" for name, (src, base) in KERNELS.items()},
+        "kernels": {name: f"{src}:{base}_f32/_f64" + ("/_bf16" if name in BF16_KERNELS else "")
+                    for name, (src, base) in KERNELS.items()},
         "compiled": [{"source": s, "device": d, "times": n, "seconds": round(_cache.seconds.get((s, d), 0.0), 4)}
                      for (s, d), n in sorted(_cache.counts.items())],
     }
@@ -195,14 +225,22 @@ def _launch_config(total: int, launch):
     return (min((total + BLOCK - 1) // BLOCK, MAX_BLOCKS),), (BLOCK,)
 
 
-def _run(op: str, array, total: int, inputs, geometry, outputs, launch):
-    """Launch the `op` kernel for `array`'s dtype and device: (total, *inputs, *geometry, *outputs)."""
+def launch(op: str, dtype, like, total: int, args, launch=None):
+    """Launch kernel `op` (a KERNELS name) in its variant for `dtype` (the name's _f32/_f64/_bf16 suffix) on the
+    device of array `like`, with arguments (np.int64(total), *args) already in the kernel's C types, on a grid
+    of `total` threads (capped, the kernels' grid-stride loops cover the rest) or the given (grid, block)
+    `launch`. Nothing is launched for total == 0."""
     if total == 0:
         return
     source, base = KERNELS[op]
-    fn = get_function(source, f"{base}_{_SUFFIX[np.dtype(array.dtype)]}", core.device_of(array))
+    fn = get_function(source, f"{base}_{suffix(dtype)}", core.device_of(like))
     grid, block = _launch_config(total, launch)
-    fn(grid, block, (np.int64(total), *inputs, *(np.int32(g) for g in geometry), *outputs))
+    fn(grid, block, (np.int64(total), *args))
+
+
+def _run(op: str, array, total: int, inputs, geometry, outputs, launch_config):
+    """Launch the `op` kernel for `array`'s dtype and device: (total, *inputs, *geometry, *outputs)."""
+    launch(op, array.dtype, array, total, (*inputs, *(np.int32(g) for g in geometry), *outputs), launch_config)
 
 
 def _geometry(what, shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
@@ -226,9 +264,11 @@ def _geometry(what, shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
 
 
 def _check_float(what, *arrays):
+    bf16 = what in BF16_KERNELS
     for a in arrays:
-        if np.dtype(a.dtype) not in _SUFFIX:
-            raise TypeError(f"{what}: kernels take float32 or float64 arrays, got {a.dtype}")
+        if np.dtype(a.dtype) not in _SUFFIX and not (bf16 and is_bf16(a.dtype)):
+            raise TypeError(f"{what}: kernels take float32 or float64 arrays{', or bfloat16' if bf16 else ''}, "
+                            f"got {a.dtype}")
 
 
 def _check_groups(what, c, groups):
@@ -257,7 +297,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, *, launch=None):
 
 def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1, *, launch=None):
     """Adjoint of im2col: (N, out_h, out_w, kh, kw, C) or (G, N, out_h, out_w, kh, kw, C/G) -> (N, C, H, W);
-    see twins.col2im.
+    see twins.col2im. bfloat16 columns give a float32 image (their taps summed in float32).
 
     The kernel gathers each NCHW pixel from the channels-last columns: no transpose on the device.
     """
@@ -275,7 +315,7 @@ def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1, *, launch=None):
     xp = core.get_array_module(col)
     with _device_scope(col):
         col = xp.ascontiguousarray(col)
-        x = xp.empty((n, c, h, w), dtype=col.dtype)
+        x = xp.empty((n, c, h, w), dtype=np.float32 if is_bf16(col.dtype) else col.dtype)
         _run("col2im", col, x.size, (col,), (n, c, g, h, w, kh, kw, sh, sw, top, left, dh, dw, oh, ow), (x,), launch)
     return x
 

@@ -1,5 +1,6 @@
-"""The array operations behind the conv and pooling layers, on any device: the custom CUDA kernel
-(:mod:`.kernels`) for a GPU array (real or emulated), its numpy twin (:mod:`.twins`) for a host array.
+"""The array operations behind the layers, on any device: the custom CUDA kernel (:mod:`.kernels`,
+:mod:`.fused`) for a GPU array (real or emulated), its numpy twin (:mod:`.twins`, :mod:`.fused_twins`) for a
+host array.
 
 The column layout is channels-last and group-major, ``(G, N, out_h, out_w, kh, kw, C/G)`` (no G axis for
 groups == 1), on both devices: seen as ``(G, N*out_h*out_w, kh*kw*C/G)`` it makes the forward, weight-gradient
@@ -8,12 +9,16 @@ pairs, dilation, ceil_mode), arguments and results are documented on the twins.
 """
 from __future__ import annotations
 
-from . import kernels, twins
+import functools
+
+from . import fused, fused_twins, kernels, step_kernels, step_twins, twins
 from .core import is_gpu_array
 from .twins import out_size, pad_pair
 
 __all__ = ["out_size", "pad_pair", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
-           "avgpool_backward", "copy_blocked"]
+           "avgpool_backward", "copy_blocked", "bias_act", "relu_backward", "xent_forward", "xent_reduce",
+           "xent_backward", "lrn_forward", "lrn_backward", "sgd_step", "adagrad_step", "rmsprop_step", "adam_step",
+           "nonfinite_check", "accumulate_metrics", "gather_batch"]
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, scratch=None):
@@ -65,3 +70,27 @@ def copy_blocked(out, src):
         out[...] = src
         return out
     return twins.copy_blocked(out, src)
+
+
+def _by_device(name, launchers=fused, numpy_twins=fused_twins):
+    """ops.<name>(first, ...): the kernel's launcher for a GPU array `first`, else its numpy twin (documented
+    there)."""
+    kernel, twin = getattr(launchers, name), getattr(numpy_twins, name)
+
+    @functools.wraps(twin)
+    def op(first, *args, **kwargs):
+        return (kernel if is_gpu_array(first) else twin)(first, *args, **kwargs)
+    return op
+
+
+bias_act = _by_device("bias_act")
+relu_backward = _by_device("relu_backward")
+xent_forward = _by_device("xent_forward")
+xent_reduce = _by_device("xent_reduce")
+xent_backward = _by_device("xent_backward")
+lrn_forward = _by_device("lrn_forward")
+lrn_backward = _by_device("lrn_backward")
+
+sgd_step, adagrad_step, rmsprop_step, adam_step, nonfinite_check, accumulate_metrics, gather_batch = (
+    _by_device(name, step_kernels, step_twins) for name in ("sgd_step", "adagrad_step", "rmsprop_step", "adam_step",
+                                                            "nonfinite_check", "accumulate_metrics", "gather_batch"))

@@ -145,8 +145,11 @@ def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1):
 
     Taps are added in row-major kernel order, as the CUDA kernel does. The CPU twin accumulates in the
     layout whose rows are long for the columns' memory order (see im2col): NCHW for tap-major memory,
-    channels-last otherwise.
+    channels-last otherwise. bfloat16 columns (mixed precision) are summed in float32 into a float32 image, as
+    the col2im_bf16 kernel sums them.
     """
+    if col.dtype.name == "bfloat16":
+        col = col.astype(np.float32)
     n, c, h, w = x_shape
     col = col if col.ndim == 7 else col[None]
     g, _, oh, ow, kh, kw, cg = col.shape

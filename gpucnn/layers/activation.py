@@ -1,6 +1,7 @@
 """Elementwise activations."""
 from __future__ import annotations
 
+from ..devices import ops
 from .base import Layer, _float_arg
 
 
@@ -22,14 +23,24 @@ class _Elementwise(Layer):
 
 class ReLU(_Elementwise):
     """max(x, 0); the gradient is dout where the output is positive (or NaN) and exactly 0 elsewhere, also for
-    an infinite or NaN dout (a selection, not a multiplication by a 0/1 mask), as PyTorch's threshold_backward."""
+    an infinite or NaN dout (a selection, not a multiplication by a 0/1 mask), as PyTorch's threshold_backward.
+
+    Backward is one kernel on a GPU (kernels/activation.cu). In a chain (Sequential, Residual), a ReLU right
+    after a layer that can apply it in the pass adding its bias (``fuses_relu``: Conv2D, Affine) costs no pass
+    of its own forward: the chain calls that layer's ``forward_relu`` and this layer's :meth:`rectified`."""
 
     def _forward(self, xp, x):
         y = xp.maximum(x, 0)
         return y, y
 
     def _backward(self, xp, dout, y):
-        return xp.where(y <= 0, dout.dtype.type(0), dout)
+        return ops.relu_backward(y, dout)
+
+    def rectified(self, y):
+        """Take `y`, already max(x, 0) of this layer's input x (the layer before applied it), as this layer's
+        output: no work, the backward pass is the same as after forward(x). Returns y."""
+        self._begin(y)
+        return self._save(y, y)
 
 
 class LeakyReLU(_Elementwise):

@@ -19,6 +19,7 @@ import numpy as np
 from ..devices import (CPU, DeviceMismatchError, device_of, device_scope, get_array_module, get_device, to_cpu,
                        to_device)
 from ..devices import dlpack, ops
+from ..devices.flat import FlatArrays
 from .init import INITS
 
 
@@ -192,6 +193,39 @@ class Layer:
         self._cache = None
         self._scratch = {}
         return self
+
+    def flatten_parameters(self, order=None):
+        """Put every parameter of this layer (and of the layers inside it) into one contiguous buffer and every
+        gradient into another, each array becoming a view into its buffer (same names, shapes, values; one
+        device copy per array, once): a multi-tensor optimizer then updates them all in one launch and the
+        non-finite check reads one buffer (see gpucnn.devices.flat). `order`: the parameter names in the
+        order wanted in the buffers (all of them; default: the ``params`` order). ``params``, ``grads``,
+        state dicts and checkpoints work as before; moving the layer (``to``) makes fresh arrays, not flat
+        until this is called again.
+
+        Returns (parameters, gradients) as :class:`gpucnn.devices.flat.FlatArrays` (the layer keeps them
+        alive). ValueError when the parameters are of several dtypes or devices, or `order` is not a
+        permutation of their names."""
+        params, grads = self.params, self.grads
+        names = list(params) if order is None else [str(n) for n in order]
+        if sorted(names) != sorted(params):
+            raise ValueError(f"{type(self).__name__}.flatten_parameters: order must name every parameter once "
+                             f"({sorted(params)}), got {names}")
+        if not names:
+            return None, None
+        try:
+            flat_params = FlatArrays({n: params[n] for n in names})
+            flat_grads = FlatArrays({n: grads[n] for n in names})
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}.flatten_parameters: {str(e).split(': ', 1)[-1]}") from None
+        for n in names:
+            self._rebind(n, flat_params.views[n], flat_grads.views[n])
+        self._flat = (flat_params, flat_grads)
+        return self._flat
+
+    def _rebind(self, name, param, grad):
+        """Make params[name] and grads[name] the given arrays (views of flat buffers)."""
+        self.params[name], self.grads[name] = param, grad
 
     @property
     def device(self):

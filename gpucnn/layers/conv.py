@@ -13,9 +13,10 @@ import numbers
 
 import numpy as np
 
-from ..devices import ops
+from ..devices import CPU, device_of, get_device, is_gpu_array, ops
+from ..devices.precision import gemm_dtype, lowered
 from . import winograd
-from .base import Layer, _dtype_arg, _init_arg, _int_arg, _pair_arg
+from .base import Layer, _dtype_arg, _init_arg, _int_arg, _on_argument_device, _pair_arg
 from .init import initialise, zeros
 
 # ------------------------------------------------------------------------------------ workspace limit
@@ -78,11 +79,18 @@ def _padding_repr(padding):
 
 
 def _weight_gradient(xp, a, col3):
-    """a (G, F, rows) @ col3 (G, rows, K) -> (G, F, K), one batched GEMM computed as (col3^T a^T)^T: with few
-    filters F and many rows, OpenBLAS is several times faster with the K side first (measured on the 2-core
-    AVX-512 machine under load: F=16, K=144, 100352 rows 30 ms against 89; F=64, K=576, 6272 rows 19 against
-    23-290; F=96, K=363, 24200 rows 65 against 125; never slower beyond noise)."""
-    return xp.matmul(col3.transpose(0, 2, 1), a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    """a (G, F, rows) @ col3 (G, rows, K) -> (G, F, K), one (batched) GEMM.
+
+    On the CPU computed as (col3^T a^T)^T: with few filters F and many rows, OpenBLAS is several times faster
+    with the K side first (measured on the 2-core AVX-512 machine under load: F=16, K=144, 100352 rows 30 ms
+    against 89; F=64, K=576, 6272 rows 19 against 23-290; F=96, K=363, 24200 rows 65 against 125; never slower
+    beyond noise). On a GPU as it stands, 2-D for one group: cuBLAS takes C- or F-ordered matrices as they
+    are, where a batched product of transposed operands would first be copied (CuPy's matmul)."""
+    if xp is np:
+        return xp.matmul(col3.transpose(0, 2, 1), a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    if a.shape[0] == 1:
+        return xp.matmul(a[0], col3[0])[None]
+    return xp.matmul(a, col3)
 
 
 class _Conv(Layer):
@@ -108,14 +116,15 @@ class _Conv(Layer):
         extra += "" if self.groups == 1 else f", groups={self.groups}"
         return extra + ("" if "b" in self.params else ", bias=False")
 
-    def _weight_rows(self, xp):
+    def _weight_rows(self, xp, dtype=None):
         """W (G*A, B, kh, kw) as (G, A, kh*kw*B): per group, one row of a column's order (kh, kw, channel) for
-        each of A filters (Conv2D: A = out/G filters over B = in/G channels; ConvTranspose2D: A = in/G, B = out/G)."""
+        each of A filters (Conv2D: A = out/G filters over B = in/G channels; ConvTranspose2D: A = in/G, B = out/G);
+        in `dtype` (default W's: bfloat16 for a bf16 GEMM, cast in the same copy)."""
         w = self.params["W"]
         a, b, kh, kw = w.shape
         g = self.groups
         rows = w.reshape(g, a // g, b, kh, kw).transpose(0, 1, 3, 4, 2)
-        return xp.ascontiguousarray(rows).reshape(g, a // g, kh * kw * b)
+        return xp.ascontiguousarray(rows, dtype=dtype).reshape(g, a // g, kh * kw * b)
 
     def _set_weight_grad(self, dwk):
         """grads['W'] from the gradient of the weight rows (G, A, kh*kw*B) (the inverse of _weight_rows)."""
@@ -150,9 +159,14 @@ class Conv2D(_Conv):
     im2col, then one batched GEMM over the groups per chunk of samples. The columns of the whole batch are
     cached for backward when they fit in the workspace limit; otherwise the batch is processed in chunks and
     each chunk's columns are recomputed in backward. 3x3 stride-1 layers with many channels (no groups, no
-    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). Raises ValueError
+    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). In a bf16 scope on a
+    GPU (:mod:`gpucnn.devices.precision`) the im2col path's GEMMs take bfloat16 columns (im2col_bf16 of a bfloat16
+    copy of x), weight rows and output gradients, sum in float32, and write float32 (bias_act_bf16,
+    col2im_bf16); W, b, their gradients, the output and dx stay float32 (Winograd stays float32). Raises ValueError
     for bad arguments or an input the kernel does not fit, TypeError for a non-float input.
     """
+
+    fuses_relu = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  init="he", dtype=np.float32):
@@ -187,15 +201,16 @@ class Conv2D(_Conv):
         _, _, oh, ow = self.output_shape(input_shape)
         return oh * ow, self.in_channels
 
-    def uses_winograd(self, input_shape, dtype=np.float32) -> bool:
+    def uses_winograd(self, input_shape, dtype=np.float32, device=CPU) -> bool:
         """Whether this input is convolved by Winograd F(2x2, 3x3) (:mod:`gpucnn.layers.winograd`) rather than im2col:
         3x3 kernels at stride 1 without groups or dilation and with the same padding on both sides, of a size
-        where it was measured faster (`winograd.pays`: many channels, enough tiles, transforms that fit in
-        cache), with the whole batch's transforms within the workspace limit.
-        A function of shapes only: a layer takes the same path on every device."""
+        where it was measured faster on the CPU (`winograd.pays`: many channels, enough tiles, transforms that
+        fit in cache), with the whole batch's transforms within the workspace limit. On a GPU `device`, never
+        unless ``winograd.ON_GPU`` (im2col costs fewer device operations there; see winograd.ON_GPU).
+        A function of shapes and the device's kind only."""
         t, b, left, r = self.pads
         if (self.kernel_size, self.stride, self.dilation, self.groups) != ((3, 3), (1, 1), (1, 1), 1) or \
-                t != b or left != r:
+                t != b or left != r or (get_device(device).is_gpu and not winograd.ON_GPU):
             return False
         size = self._winograd_size(input_shape, dtype)
         return winograd.pays(*size) and winograd.buffer_bytes(*size) <= _workspace_limit
@@ -204,20 +219,30 @@ class Conv2D(_Conv):
         n, _, oh, ow = self.output_shape(input_shape)
         return self.in_channels, self.out_channels, int(n), oh, ow, np.dtype(dtype).itemsize
 
-    def column_bytes(self, input_shape, dtype=np.float32) -> int:
+    def column_bytes(self, input_shape, dtype=np.float32, device=CPU) -> int:
         """Bytes of the largest work buffer (the im2col columns or the Winograd transforms) a forward/backward
-        of this input makes: within the workspace limit unless a single sample's columns exceed it."""
-        if self.uses_winograd(input_shape, dtype):
+        of this input makes on `device`: within the workspace limit unless a single sample's columns exceed it."""
+        if self.uses_winograd(input_shape, dtype, device):
             return winograd.buffer_bytes(*self._winograd_size(input_shape, dtype))
         return self.chunk_size(input_shape, dtype) * self.sample_bytes(input_shape, dtype)
 
-    def _cols(self, x):
-        """A chunk's columns as im2col returns them, and the same memory seen as (G, n*oh*ow, kh*kw*C/G),
-        row- or column-major per group (in this layer's scratch buffer on the CPU)."""
-        col = ops.im2col(x, *self._window(), self.groups, self._scratch)
+    def _cols(self, x, dtype):
+        """A chunk's columns in `dtype` (x's, or bfloat16 for a bf16 GEMM) as im2col returns them, and the same
+        memory seen as (G, n*oh*ow, kh*kw*C/G), row- or column-major per group (in this layer's scratch buffer on
+        the CPU)."""
+        col = ops.im2col(lowered(x, dtype), *self._window(), self.groups, self._scratch)
         return col, col.reshape(self.groups, -1, col.shape[-3] * col.shape[-2] * col.shape[-1])
 
     def forward(self, x, train=None):
+        return self._forward(x, train, relu=False)
+
+    @_on_argument_device
+    def forward_relu(self, x, train=None):
+        """max(forward(x), 0), the ReLU applied in the pass that adds the bias and writes NCHW (what a chain
+        calls for this layer followed by a ReLU; the ReLU then takes the result through ReLU.rectified)."""
+        return self._forward(x, train, relu=True)
+
+    def _forward(self, x, train, relu):
         xp = self._begin(x)
         train = self._mode(train)
         n = x.shape[0]
@@ -226,26 +251,32 @@ class Conv2D(_Conv):
         g = self.groups
         og = o // g
         x = xp.ascontiguousarray(x)
-        if self.uses_winograd(x.shape, x.dtype):
+        if self.uses_winograd(x.shape, x.dtype, device_of(x)):
             u = winograd.filter_transform(self.params["W"])
             v = winograd.input_transform(x, self.pads[::2])
             y = winograd.output_transform(xp.matmul(v, u.transpose(0, 2, 1)), n, oh, ow, self.params.get("b"))
+            if relu:
+                xp.maximum(y, 0, out=y)
             return self._save((x, v if train else None, u, True), y)
-        wk = self._weight_rows(xp)                                     # (G, out/G, K)
+        dt = gemm_dtype(x)
+        wk = self._weight_rows(xp, dt)                                 # (G, out/G, K)
         chunk = self.chunk_size(x.shape, x.dtype)
         y = xp.empty((n, o, p), dtype=x.dtype)
-        yg = y.reshape(n, g, og, p)
-        b = self.params["b"].reshape(g, og, 1) if "b" in self.params else x.dtype.type(0)
+        y4 = y.reshape(n, g, og, p)
+        gpu = is_gpu_array(x)
         col = None
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
-            col, col3 = self._cols(x[s:s + m])
-            # The GEMM's output is transposed into NCHW by the pass that adds the bias.
-            if og >= 32:   # (G, out/G, m*oh*ow): rows of the transposing pass are oh*ow long
-                prod = xp.matmul(wk, col3.transpose(0, 2, 1)).reshape(g, og, m, p).transpose(2, 0, 1, 3)
-            else:          # few filters: BLAS is faster with the long dimension first
-                prod = xp.matmul(col3, wk.transpose(0, 2, 1)).reshape(g, m, p, og).transpose(1, 0, 3, 2)
-            xp.add(prod, b, out=yg[s:s + m])
+            col, col3 = self._cols(x[s:s + m], dt)
+            # The GEMM's product is moved to NCHW by the pass that adds the bias (ops.bias_act, with the ReLU
+            # after this layer if there is one), reading it through the strides of its (n, g, o, q) elements.
+            if gpu and g == 1:   # (out, m*oh*ow), 2-D: cuBLAS takes both operands as they are
+                prod, strides = xp.matmul(wk[0], col3[0].T), (p, 0, m * p, 1)
+            elif og >= 32 and not gpu:   # (G, out/G, m*oh*ow): rows of the transposing pass are oh*ow long
+                prod, strides = xp.matmul(wk, col3.transpose(0, 2, 1)), (p, og * m * p, m * p, 1)
+            else:   # (G, m*oh*ow, out/G): few filters (BLAS is faster with the long dimension first), or groups
+                prod, strides = xp.matmul(col3, wk.transpose(0, 2, 1)), (p * og, m * p * og, 1, og)
+            ops.bias_act(prod, strides, self.params.get("b"), y4[s:s + m], relu)
         return self._save((x, col if (train and chunk >= n) else None, wk, False), y.reshape(n, o, oh, ow))
 
     def backward(self, dout):
@@ -259,6 +290,7 @@ class Conv2D(_Conv):
         p = oh * ow
         g = self.groups
         d = xp.ascontiguousarray(dout.reshape(n, o, p).transpose(1, 0, 2)).reshape(g, o // g, n * p)
+        dg = lowered(d, wk.dtype)      # the GEMMs' operand (bfloat16 in a bf16 step); d itself gives the bias's
         chunk = n if cached_col is not None else self.chunk_size(x.shape, x.dtype)
         dwk = None
         dx = xp.empty(x.shape, dtype=x.dtype) if self.need_input_grad and chunk < n else None
@@ -268,12 +300,16 @@ class Conv2D(_Conv):
                 col = cached_col
                 col3 = col.reshape(g, m * p, -1)
             else:
-                col, col3 = self._cols(x[s:s + m])
-            ds = d[:, :, s * p:(s + m) * p]
+                col, col3 = self._cols(x[s:s + m], wk.dtype)
+            ds = dg[:, :, s * p:(s + m) * p]
             part = _weight_gradient(xp, ds, col3)
+            if chunk < n:   # partial sums in the weights' dtype (float32 in a bf16 step)
+                part = lowered(part, x.dtype)
             dwk = part if dwk is None else dwk + part
             if self.need_input_grad:
-                if col3.flags.c_contiguous:   # the columns are spent: their buffer takes their gradient
+                if g == 1 and xp is not np:   # 2-D on a GPU (see _weight_gradient); into the spent columns
+                    xp.matmul(ds[0].T, wk[0], out=col3[0])
+                elif col3.flags.c_contiguous:   # the columns are spent: their buffer takes their gradient
                     xp.matmul(ds.transpose(0, 2, 1), wk, out=col3)
                 else:                         # tap-major columns from the CPU twin (see ops.im2col)
                     xp.matmul(wk.transpose(0, 2, 1), ds, out=col3.transpose(0, 2, 1))
@@ -285,7 +321,7 @@ class Conv2D(_Conv):
         self._cache = (x, None, wk, False)   # the cached columns now hold their gradient; another backward recomputes
         self._set_weight_grad(dwk)
         if "b" in self.params:
-            self._set_grad("b", d.sum(axis=2).reshape(o))
+            xp.sum(d, axis=2, out=self.grads["b"].reshape(g, o // g))
         return dx
 
     def _backward_winograd(self, xp, dout, x, v, u):
@@ -294,7 +330,7 @@ class Conv2D(_Conv):
         dm = winograd.output_gradient_transform(dout)
         self._set_grad("W", winograd.filter_gradient(xp.matmul(dm.transpose(0, 2, 1), v)))
         if "b" in self.params:
-            self._set_grad("b", dout.sum(axis=(0, 2, 3)))
+            xp.sum(dout, axis=(0, 2, 3), out=self.grads["b"])
         self._cache = (x, None, u, True)
         if not self.need_input_grad:
             return None

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from ..devices import DeviceMismatchError, device_of, device_scope, get_array_module, to_cpu, to_device
+from ..devices import DeviceMismatchError, device_of, device_scope, get_array_module, ops, to_cpu, to_device
 from .base import Layer
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -101,67 +101,31 @@ class SoftmaxCrossEntropy(Layer):
         return self._weights[key]
 
     def forward(self, logits, labels):
-        """The loss: a 0-d array on the logits' device, or (N,) with reduction='none'."""
+        """The loss: a 0-d array on the logits' device, or (N,) with reduction='none'.
+
+        Two kernels on a GPU (kernels/loss.cu: the per-sample losses, then their sum or mean), the numpy twins
+        in gpucnn.devices.fused_twins on the CPU."""
         xp = self._check(logits, labels)
-        n, k = logits.shape
-        dt = logits.dtype.type
-        eps = self.label_smoothing
-        labels = labels.astype(xp.int64)
-        ignored = labels == self.ignore_index
-        valid = ignored | ((labels >= 0) & (labels < k))
-        safe = xp.where(valid & ~ignored, labels, 0)           # gather indices that exist on every device
-        w = self._class_weights(logits) if self.weight is not None else None
-        wy = xp.where(ignored, dt(0), w[safe] if w is not None else dt(1))                 # w[y_n], 0 if ignored
-        smooth_w = None
-        # logits - max may overflow to -inf, and 0 * inf products are computed before where() drops them:
-        # both are right here, so numpy is not asked to warn about them.
-        with np.errstate(over="ignore", invalid="ignore"):
-            z = logits - logits.max(axis=1, keepdims=True)
-            logp = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
-            picked = -xp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]              # -log p[n, y_n]
-            losses = xp.where(wy == 0, dt(0), wy * picked)       # 0, not 0 * inf, when w[y_n] is 0
-            if eps > 0:   # (e/K) sum_c w[c] * -log p[n, c], a class of weight 0 adding nothing even at -inf
-                terms = -logp if w is None else xp.where(w == 0, dt(0), -logp * w)
-                smooth = xp.where(ignored, dt(0), terms.sum(axis=1))
-                nll = dt(1 - eps) * losses if eps < 1 else dt(0)   # no 0 * inf at eps == 1
-                losses = nll + dt(eps / k) * smooth
-                smooth_w = xp.where(ignored, dt(0), dt(k) if w is None else w.sum())
-        # A label outside [0, k) that is not ignored poisons its sample (no sync to raise on a device).
-        losses = xp.where(valid, losses, dt(np.nan))
-        denom = wy.sum() if self.reduction == "mean" else None
-        self._cache = (xp.exp(logp), safe, wy, smooth_w, valid, ignored, denom, n)
-        if self.reduction == "none":
-            return losses
-        total = losses.sum()
-        if denom is None:
-            return xp.asarray(total)
-        with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as in PyTorch
-            return xp.asarray(total / denom)
+        with device_scope(logits):
+            labels = xp.ascontiguousarray(labels.astype(xp.int64, copy=False))
+            w = self._class_weights(logits) if self.weight is not None else None
+            losses, wy, stats = ops.xent_forward(logits, labels, w, self.ignore_index, self.label_smoothing)
+            red = None if self.reduction == "none" else ops.xent_reduce(losses, wy, self.reduction == "mean")
+        self._cache = (logits, stats, labels, red)
+        return losses if red is None else red[:1].reshape(())
 
     def backward(self, dout=1.0):
         """d(loss)/d(logits), (N, K): per sample (1-e)*w[y]*(p - onehot) + (e/K)*(p*sum(w) - w), divided by the
-        mean's denominator and times dout (a scalar, or (N,) with reduction='none'); 0 for ignored samples."""
+        mean's denominator and times dout (a scalar, or (N,) with reduction='none'); 0 for ignored samples.
+        One kernel on a GPU."""
         if self._cache is None:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
-        p, safe, wy, smooth_w, valid, ignored, denom, n = self._cache
-        with device_scope(p):   # dout may be a Python number: the device is the forward pass's
-            xp = get_array_module(p, wy)
-            dt = p.dtype.type
-            k = p.shape[1]
-            eps = self.label_smoothing
-            coef = wy if eps == 0 else dt(1 - eps) * wy                        # (N,)
-            onehot = xp.arange(k)[None, :] == safe[:, None]
-            grad = p * coef[:, None] - xp.where(onehot, coef[:, None], dt(0))
-            if eps > 0:
-                w = self._class_weights(p) if self.weight is not None else dt(1)
-                grad += dt(eps / k) * (p * smooth_w[:, None] - xp.where(smooth_w[:, None] == 0, dt(0), w))
-            grad = xp.where(valid[:, None], grad, dt(np.nan))
-            if self.reduction == "mean":
-                with np.errstate(divide="ignore", invalid="ignore"):   # every sample ignored: NaN, as the loss
-                    dout = dout / denom
-            if getattr(dout, "ndim", 0) == 1:        # reduction='none': one dout per sample
-                if tuple(dout.shape) != (n,):
-                    raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
-                dout = dout[:, None]
-            with np.errstate(invalid="ignore"):   # ignored samples' gradient is 0, also when every sample is
-                return xp.where(ignored[:, None], dt(0), grad * dout)
+        logits, stats, labels, red = self._cache
+        n = logits.shape[0]
+        if getattr(dout, "ndim", 0) == 1 and tuple(dout.shape) != (n,):
+            raise ValueError(f"{self!r}: expected dout of shape ({n},) (the losses'), got {tuple(dout.shape)}")
+        with device_scope(logits):   # dout may be a Python number: the device is the forward pass's
+            w = self._class_weights(logits) if self.weight is not None else None
+            wsum = None if self.weight is None else float(self.weight.sum())
+            return ops.xent_backward(logits, stats, labels, w, wsum, self.ignore_index, self.label_smoothing, dout,
+                                     red, self.reduction == "mean")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..devices import ops
 from .base import Layer, _dtype_arg, _float_arg, _int_arg
 
 
@@ -140,20 +141,10 @@ class BatchNorm2D(_BatchNorm):
     _layout = "(N, C, H, W)"
 
 
-def _channel_window_sum(a, before, after):
-    """out[:, c] = sum of a[:, c-before .. c+after] (channels outside the range count as zero)."""
-    out = a.copy()
-    c = a.shape[1]
-    for o in range(1, min(after, c - 1) + 1):
-        out[:, :c - o] += a[:, o:]
-    for o in range(1, min(before, c - 1) + 1):
-        out[:, o:] += a[:, :c - o]
-    return out
-
-
 class LRN(Layer):
     """Local response normalisation across channels, exactly PyTorch's LocalResponseNorm:
-    y_c = x_c / (k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} x_c'^2) ** beta."""
+    y_c = x_c / (k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} x_c'^2) ** beta.
+    One kernel forward and one backward on a GPU (kernels/lrn.cu)."""
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0):
         super().__init__()
@@ -173,11 +164,7 @@ class LRN(Layer):
 
     def forward(self, x, train=None):
         self._begin(x)
-        d = _channel_window_sum(x * x, self.size // 2, (self.size - 1) // 2)
-        d *= self.alpha / self.size
-        d += self.k
-        scale = d ** -self.beta
-        y = x * scale
+        y, d, scale = ops.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
         return self._save((x, y, d, scale), y)
 
     def backward(self, dout):
@@ -185,6 +172,4 @@ class LRN(Layer):
         self._xp(dout, x)
         if not self.need_input_grad:
             return None
-        # x_j appears in the windows of channels c = j-(size-1)//2 .. j+size//2: the transposed window.
-        u = _channel_window_sum(dout * y / d, (self.size - 1) // 2, self.size // 2)
-        return dout * scale - (2 * self.beta * self.alpha / self.size) * x * u
+        return ops.lrn_backward(x, y, d, scale, dout, self.size, self.alpha, self.beta)

@@ -60,6 +60,15 @@ MIN_ROWS = 512           # tiles x batch, the 16 GEMMs' row count: fewer, and th
 MAX_BYTES = 64 * 2**20   # one transformed tensor; larger ones fall out of cache and lose to im2col
 
 
+# On a GPU a Conv2D takes im2col, whatever its size (Conv2D.uses_winograd), unless ON_GPU is set (tests set it to
+# run the transforms on a device). Counted on the emulated device for the AlexNet-style net at batch 32 (README,
+# "GPU speed"): a 3x3 layer costs 4 device operations forward and 7 backward (ReLU's included) through im2col,
+# against 40 and 74 through these transforms as xp passes; as one RawKernel per transform they would still take
+# about 5 and 10 (the batched GEMMs' transposed operands are copied), and im2col's extra bytes (9x columns:
+# 14 MB for 192->384 channels on 8x8 maps at batch 32) cost an H200 ~3 us of bandwidth, less than one launch.
+ON_GPU = False
+
+
 def pays(in_channels, out_channels, n, oh, ow, itemsize) -> bool:
     """Whether a 3x3 stride-1 convolution of this size runs faster through Winograd than through im2col."""
     th, tw = tiles(oh, ow)

@@ -1,9 +1,13 @@
-"""Optimizers, running on whatever device the parameters live.
+"""Optimizers, running on whatever device the parameters live, as multi-tensor kernels.
 
 An optimizer updates a dict of parameter arrays (keys like "0.W") in place from a dict of gradients with the
-same keys, with torch.optim's update rules. Per-parameter state lives on the parameter's device and is created
-at the first update; step counts and bias corrections stay on the host, so an update never syncs with the
-device. Parameter groups (``groups=``, see :mod:`.groups`) give some parameters their own hyper-parameters.
+same keys, with torch.optim's update rules. Its state lives on the parameters' device, in one flat buffer per
+field (``exp_avg``, ...) whose views are each parameter's state, made at the first update; step counts and
+bias corrections stay on the host and reach the kernels as scalars, so an update never syncs with the device
+and uploads nothing. Parameters made flat by :meth:`gpucnn.layers.Layer.flatten_parameters` (their gradients
+too) are updated by one kernel launch per parameter group (kernels/optim.cu); others by one launch each. On
+the CPU the same updates run as the kernels' numpy twins (:mod:`gpucnn.devices.step_twins`) over cache-sized
+blocks. Parameter groups (``groups=``, see :mod:`.groups`) give some parameters their own hyper-parameters.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from numbers import Real
 import numpy as np
 
 from .. import devices
+from ..devices import flat, ops
 from . import groups as _groups
 
 # ----------------------------------------------------------------------------------------- validation
@@ -42,36 +47,14 @@ def _plain(value):
 
 # ----------------------------------------------------------------------------------------- optimizers
 
-_BLOCK = 1 << 16   # elements per host work item: the passes of a step over one block stay in cache
-
-
-def _blocks(xp, p, g, st):
-    """A host job cut into flat blocks of _BLOCK elements (views of the same memory), or left whole when an
-    array is not contiguous."""
-    arrays = [p, g] + [v for k, v in st.items() if k != "step"]
-    if p.size <= _BLOCK or not all(a.flags.c_contiguous for a in arrays):
-        return [(xp, p, g, st)]
-    flat = {k: (v if k == "step" else v.reshape(-1)) for k, v in st.items()}
-    pf, gf = p.reshape(-1), g.reshape(-1)
-    return [(xp, pf[a:a + _BLOCK], gf[a:a + _BLOCK], {k: (v if k == "step" else v[a:a + _BLOCK])
-                                                     for k, v in flat.items()})
-            for a in range(0, p.size, _BLOCK)]
-
-
-def _plus_scaled(xp, g, x, c):
-    """A new array g + c * x (torch's g.add(x, alpha=c)), leaving g untouched."""
-    out = xp.multiply(x, c)
-    out += g
-    return out
-
-
 class Optimizer:
     """Base class: `update(params, grads)` applies one step to every parameter, in place.
 
     Subclasses list their hyper-parameters in `hparams` (constructor argument names, also attributes) and
-    implement `_state_fields()` (names of the per-parameter arrays), `_step()` (which may get flat blocks of
-    the arrays, so it works elementwise and only reads "step" and the hyper-parameters of `self`) and, when
-    zeros are not the start, `_init_state()`; their constructors end with ``self._set_groups(groups)``.
+    implement `_state_fields()` (names of the per-parameter arrays), `_apply(p, g, state, lr, step)` (one
+    launch of their rule's kernel, or its twin, over same-size arrays: a flat range of parameters or one
+    parameter, with `self`'s hyper-parameters) and, when zeros are not the start, `_initial_value(field)`;
+    their constructors end with ``self._set_groups(groups)``.
 
     ``groups``: a list of ``{"params": names or rule(name, param) -> bool, **hyper-parameters}`` (see
     :mod:`gpucnn.optim.groups`); a group's rate is ``lr_scale`` (default 1) times ``lr``, which schedules set.
@@ -86,6 +69,7 @@ class Optimizer:
         self._groups = []     # [(names or rule, overrides)]
         self._members = None  # after resolve(): param name -> group index (absent: the optimizer's own)
         self._group_cache = (None, [])
+        self._flat_state = {}  # field -> FlatArrays holding every parameter's state array of that field
 
     def _set_groups(self, groups):
         """Validate and keep the parameter groups (the overrides are checked by building each group's optimizer)."""
@@ -145,14 +129,27 @@ class Optimizer:
     def _state_fields(self) -> set:
         raise NotImplementedError
 
-    def _step(self, xp, p, g, st, lr):
+    def _apply(self, p, g, state, lr, step):
         raise NotImplementedError
+
+    def _initial_value(self, field) -> float:
+        """What a state array starts as (0 unless the rule says otherwise)."""
+        return 0.0
+
+    def flat_order(self, params: dict) -> list:
+        """The parameter names in the order to lay them out flat (:meth:`Layer.flatten_parameters`): each
+        group's parameters together (in the order of `params`), so that an update takes one launch per group."""
+        if self._groups and self._members is None:
+            self.resolve(params)
+        members = self._members or {}
+        return sorted(params, key=lambda n: members.get(n, len(self._groups)))
 
     def update(self, params: dict, grads: dict):
         """One optimisation step: every array in `params` is updated in place from `grads[name]`.
 
-        Host parameters are updated in cache-sized blocks, so that a step's several passes cost one trip
-        through memory (threads do not pay: BLAS's threads still spin on the cores after a backward pass).
+        Parameters in one flat buffer (:meth:`Layer.flatten_parameters`) with their gradients in another are
+        updated by one kernel launch per run of consecutive parameters sharing a group and a step count (one
+        per group in a training run); other parameters by one launch each.
         """
         if self._pending:
             self._adopt(params)
@@ -163,8 +160,6 @@ class Optimizer:
                 raise ValueError(f"{self.kind}.update: the parameter groups were resolved against "
                                  f"{sorted(self._resolved_for)}, got {sorted(params)}; build a new optimizer "
                                  f"for a changed model")
-        lr = float(self.lr)
-        jobs = []
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
@@ -173,31 +168,74 @@ class Optimizer:
             if g.shape != p.shape:
                 raise ValueError(f"{self.kind}.update: parameter {name!r} has shape {tuple(p.shape)}, "
                                  f"its gradient has shape {tuple(g.shape)}")
-            xp = devices.get_array_module(p, g)
-            st = self._state.get(name)
-            if st is None:
-                st = self._state[name] = {"step": 0}
-                self._shapes[name] = tuple(p.shape)
-            jobs.append((xp, p, g, st, *self._config_for(name)))
-        for xp, p, g, st, opt, _ in jobs:
-            st["step"] += 1
-            if not self._state_fields() <= set(st):
-                with devices.device_scope(p):
-                    opt._init_state(xp, p, st)
-        on_gpu = any(devices.is_gpu_array(job[1]) for job in jobs)
-        for xp, p, g, st, opt, factor in jobs:
-            if on_gpu:
-                with devices.device_scope(p):   # each parameter's own GPU current (cuda:N)
-                    opt._step(xp, p, g, st, lr * factor)
+            devices.get_array_module(p, g)   # one device, or DeviceMismatchError
+        flat_params, flat_grads = flat.owner(params), flat.owner(grads)
+        together = flat_params is not None and flat_grads is not None and flat_grads.names == flat_params.names
+        order = flat_params.names if together else list(params)
+        for name in order:
+            if name not in self._state:
+                self._state[name], self._shapes[name] = {"step": 0}, tuple(params[name].shape)
+            self._state[name]["step"] += 1
+        self._lay_out_state(params, order)
+        lr = float(self.lr)
+        for names in self._runs(order, together):
+            opt, factor = self._config_for(names[0])
+            step = self._state[names[0]]["step"]
+            if together:
+                a, b = flat_params.offsets[names[0]][0], flat_params.offsets[names[-1]][1]
+                with devices.device_scope(flat_params.buffer):
+                    p, g = flat_params.buffer[a:b], flat_grads.buffer[a:b]
+                    state = {f: fa.buffer[a:b] for f, fa in self._flat_state.items()}
             else:
-                for block in _blocks(xp, p, g, st):
-                    opt._step(*block, lr * factor)
+                st = self._state[names[0]]
+                p, g, state = params[names[0]], grads[names[0]], {f: st[f] for f in self._state_fields()}
+            opt._apply(p, g, state, lr * factor, step)
 
-    def _init_state(self, xp, p, st):
-        """Create the missing per-parameter state arrays, zeros by default (in name order, so that a state
-        dict's order never depends on set iteration, i.e. on PYTHONHASHSEED)."""
-        for field in sorted(self._state_fields() - set(st)):
-            st[field] = xp.zeros_like(p)
+    def _runs(self, order, together):
+        """The parameter names of each launch: runs of consecutive names of one group and step count when the
+        arrays are flat, else one name each."""
+        if not together:
+            return [[n] for n in order]
+        members, runs, last = self._members or {}, [], None
+        for n in order:
+            key = (members.get(n), self._state[n]["step"])
+            if key != last:
+                runs.append([])
+                last = key
+            runs[-1].append(n)
+        return runs
+
+    def _lay_out_state(self, params, order):
+        """Make every parameter's state arrays views of one flat buffer per field, laid out in `order` (the
+        parameters' own when they are flat), keeping values already held (a loaded checkpoint, an earlier
+        layout) and starting the others at _initial_value: device work once, not per step. Parameters of
+        several dtypes or devices keep one array per parameter instead."""
+        fields = sorted(self._state_fields())
+        current = self._flat_state
+        if not fields or (set(current) == set(fields) and all(
+                current[f].names == order and all(self._state[n].get(f) is current[f].views[n] for n in order)
+                for f in fields)):
+            return
+        try:
+            made = {f: flat.FlatArrays.full({n: params[n] for n in order}, 0) for f in fields}
+        except ValueError:
+            made = None
+        for n in order:
+            st, opt = self._state[n], self._config_for(n)[0]
+            for f in fields:
+                old, start = st.get(f), opt._initial_value(f)
+                xp = devices.get_array_module(params[n])
+                with devices.device_scope(params[n]):
+                    if made is None:
+                        st[f] = old if old is not None else xp.full_like(params[n], start)
+                    elif old is not None:
+                        made[f].views[n][...] = old
+                    elif start:
+                        made[f].views[n][...] = start
+        self._flat_state = made or {}
+        for f, fa in self._flat_state.items():
+            for n in order:
+                self._state[n][f] = fa.views[n]
 
     # ------------------------------------------------------------------------------------ checkpoints
 
@@ -322,21 +360,9 @@ class SGD(Optimizer):
     def _state_fields(self):
         return {"momentum_buffer"} if self.momentum else set()
 
-    def _step(self, xp, p, g, st, lr):
-        if self.weight_decay:
-            g = _plus_scaled(xp, g, p, self.weight_decay)
-        if self.momentum:
-            buf = st["momentum_buffer"]
-            if st["step"] == 1:     # torch starts the buffer at the first gradient, undamped
-                buf[...] = g
-            else:
-                buf *= self.momentum
-                buf += g if self.dampening == 0 else (1.0 - self.dampening) * g
-            if self.nesterov:
-                g = _plus_scaled(xp, g, buf, self.momentum)
-            else:
-                g = buf
-        p -= lr * g
+    def _apply(self, p, g, state, lr, step):
+        ops.sgd_step(p, g, state.get("momentum_buffer"), lr, self.weight_decay, self.momentum, step == 1,
+                     self.dampening, self.nesterov)   # torch starts the buffer at the first gradient, undamped
 
 
 class AdaGrad(Optimizer):
@@ -357,21 +383,11 @@ class AdaGrad(Optimizer):
     def _state_fields(self):
         return {"sum"}
 
-    def _init_state(self, xp, p, st):
-        st.setdefault("sum", xp.full_like(p, self.initial_accumulator_value))
+    def _initial_value(self, field):
+        return self.initial_accumulator_value
 
-    def _step(self, xp, p, g, st, lr):
-        if self.weight_decay:
-            g = _plus_scaled(xp, g, p, self.weight_decay)
-        s = st["sum"]
-        clr = lr / (1.0 + (st["step"] - 1) * self.lr_decay)
-        t = g * g
-        s += t
-        xp.sqrt(s, out=t)
-        t += self.eps
-        xp.divide(g, t, out=t)
-        t *= clr
-        p -= t
+    def _apply(self, p, g, state, lr, step):
+        ops.adagrad_step(p, g, state["sum"], lr / (1.0 + (step - 1) * self.lr_decay), self.weight_decay, self.eps)
 
 
 class RMSprop(Optimizer):
@@ -394,34 +410,9 @@ class RMSprop(Optimizer):
         return {"square_avg"} | ({"momentum_buffer"} if self.momentum else set()) | (
             {"grad_avg"} if self.centered else set())
 
-    def _step(self, xp, p, g, st, lr):
-        if self.weight_decay:
-            g = _plus_scaled(xp, g, p, self.weight_decay)
-        sq = st["square_avg"]
-        sq *= self.alpha
-        t = g * g
-        t *= 1.0 - self.alpha
-        sq += t
-        if self.centered:
-            ga = st["grad_avg"]
-            xp.subtract(g, ga, out=t)
-            t *= 1.0 - self.alpha
-            ga += t
-            xp.multiply(ga, ga, out=t)
-            xp.subtract(sq, t, out=t)
-            xp.sqrt(t, out=t)
-        else:
-            xp.sqrt(sq, out=t)
-        t += self.eps
-        xp.divide(g, t, out=t)
-        if self.momentum:
-            buf = st["momentum_buffer"]
-            buf *= self.momentum
-            buf += t
-            xp.multiply(buf, lr, out=t)
-        else:
-            t *= lr
-        p -= t
+    def _apply(self, p, g, state, lr, step):
+        ops.rmsprop_step(p, g, state["square_avg"], state.get("grad_avg"), state.get("momentum_buffer"), lr,
+                         self.weight_decay, self.alpha, self.eps, self.centered, self.momentum)
 
 
 class Adam(Optimizer):
@@ -448,31 +439,9 @@ class Adam(Optimizer):
     def _state_fields(self):
         return {"exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if self.amsgrad else set())
 
-    def _step(self, xp, p, g, st, lr):
-        b1, b2 = self.betas
-        if self.weight_decay:
-            if self.decoupled_weight_decay:
-                p *= 1.0 - lr * self.weight_decay
-            else:
-                g = _plus_scaled(xp, g, p, self.weight_decay)
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        step = st["step"]
-        t = g - m
-        t *= 1.0 - b1
-        m += t
-        v *= b2
-        xp.multiply(g, g, out=t)
-        t *= 1.0 - b2
-        v += t
-        if self.amsgrad:
-            v = xp.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
-        step_size = lr / (1.0 - b1 ** step)
-        xp.sqrt(v, out=t)
-        t /= (1.0 - b2 ** step) ** 0.5
-        t += self.eps
-        xp.divide(m, t, out=t)
-        t *= step_size
-        p -= t
+    def _apply(self, p, g, state, lr, step):
+        ops.adam_step(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), lr, self.weight_decay,
+                      self.decoupled_weight_decay, self.betas, self.eps, self.amsgrad, step)
 
 
 class AdamW(Adam):

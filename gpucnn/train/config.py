@@ -30,6 +30,7 @@ class TrainConfig:
     warmup: int = 0                   # linear warm-up over this many steps
     clip: float | None = None         # max global gradient norm, or None
     device: str = "auto"
+    precision: str = "fp32"           # "fp32", "tf32" or "bf16" (GPU only): see gpucnn.devices.precision
     seed: int = 0
     out: str | None = None            # default: runs/<model>-<dataset>
     resume: bool = False
@@ -107,7 +108,8 @@ def train(config: TrainConfig, log=print) -> dict:
                   label_smoothing=cfg.label_smoothing,
                   early_stopping=cfg.early_stop, select=cfg.select, test_every_epoch=cfg.test_every_epoch,
                   out=cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, device=cfg.device, seed=cfg.seed,
-                  on_nonfinite=cfg.on_nonfinite, limit_train=cfg.limit_train, limit_test=cfg.limit_test,
+                  on_nonfinite=cfg.on_nonfinite, precision=cfg.precision, limit_train=cfg.limit_train,
+                  limit_test=cfg.limit_test,
                   data_dir=cfg.data_dir, download=cfg.download, log=log, log_every=cfg.log_every,
                   settings=dataclasses.asdict(cfg), distributed=distributed)
     test = history.test or {}

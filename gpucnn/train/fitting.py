@@ -119,8 +119,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         select: str = "loss", test_every_epoch: bool = False, out=None, resume: bool = False,
         overwrite: bool = False, device=None, seed: int = 0, on_nonfinite: str = "stop",
         limit_train: int | None = None, limit_test: int | None = None, data_dir=None, download: bool = True,
-        log=print, log_every: float | None = None, settings: dict | None = None, distributed=False,
-        sync_batch_norm: bool = True) -> History:
+        log=print, log_every: float | None = None, precision: str = "fp32", settings: dict | None = None,
+        distributed=False, sync_batch_norm: bool = True) -> History:
     """Train `model` on `train` and return its :class:`~gpucnn.train.metrics.History`.
 
     model: a Layer (trained in place), a zoo name ("lenet5"), "path/to/file.py:function", "module:function" or
@@ -142,6 +142,9 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         each epoch too (with validation data it is otherwise scored once, at the end).
     out: the run folder (None: write nothing); resume / overwrite an existing run there. device: "cpu",
         "cuda", "emulated", "auto" or None ($GPUCNN_DEVICE, else auto). seed: everything random.
+    precision: "fp32", "tf32" (float32 GEMMs on TF32 tensor cores) or "bf16" (mixed precision: bfloat16 GEMM
+        operands, float32 master weights, optimizer state and loss); the whole run (training and evaluation)
+        runs in it (:func:`gpucnn.precision`); tf32 and bf16 need a GPU device (PrecisionError on the CPU).
     on_nonfinite: "stop" (NumericalFaultError) or "skip" NaN/inf steps. log: called with each line (None:
         silent); log_every: seconds between progress redraws on stderr. settings: more entries for config.json.
     distributed: True (in every process of an MPI job: data-parallel training, see the module doc; a job of one
@@ -150,9 +153,10 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         process's share, which no longer trains as one process does). `device` "cuda", "emulated" or "auto"
         then means the GPU of the process's rank on its machine.
 
-    Raises ValueError (bad settings, data or model; an existing run without resume/overwrite),
+    Raises ValueError (bad settings, data or model; an existing run without resume/overwrite; PrecisionError,
+        a ValueError, for a precision the device cannot run),
     DatasetError, CheckpointError, NumericalFaultError; distributed: DistributedError (no mpi4py or MPI),
-    RootFailed (on the other processes when process 0 could not open the run folder).
+    RootFailed (on the other processes when process 0 failed to open the run folder or to read the data).
     """
     log = log or (lambda line: None)
     lower = lambda v: v.strip().lower() if isinstance(v, str) else v
@@ -174,6 +178,7 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     else:
         comm, dev = comm.for_device(device)
         log = log if comm.rank == 0 else (lambda line: None)
+    precision = devices.precision.check(precision, dev)   # refused on the CPU before any data is read
     devices.seed(seed)
     prepare = lambda: _inputs.prepare(train, validation, test, seed=seed, limit_train=limit_train,
                                       limit_test=limit_test, data_dir=data_dir, download=download)
@@ -188,11 +193,13 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
               "label_smoothing": float(label_smoothing), "val_split": data.validation,
               "early_stop": early_stopping, "select": select, "test_every_epoch": bool(test_every_epoch),
               "seed": seed, "on_nonfinite": on_nonfinite, "limit_train": limit_train, "limit_test": limit_test,
-              "device": device}
+              "device": device, "precision": precision}
     if saved is not None:
         _check_same_run(config, saved, name, data)
     label = (name.rsplit("/", 1)[-1] if name else getattr(model, "__name__", None)) or type(net).__name__
-    return _Session(net, name, label, data, config, dev, folder, log, log_every, comm, sync_batch_norm).run(saved)
+    with devices.precision.precision(precision, dev):
+        return _Session(net, name, label, data, config, dev, folder, log, log_every, comm,
+                        sync_batch_norm).run(saved)
 
 
 def _communicator(distributed):

@@ -24,6 +24,7 @@ import time
 import numpy as np
 
 from .. import devices, optim
+from ..devices import ops
 from . import metrics
 
 
@@ -98,6 +99,18 @@ def evaluate(model, loader, loss_layer=None, progress=None, head: str = "evaluat
     return float(host[-2]) / n, float(np.trace(confusion)) / n, confusion
 
 
+class EpochSums:
+    """What :meth:`Trainer.step` adds to: what an epoch sums on the device (the loss times batch size, the correct count, the first non-finite
+    global step or -1) and on the host (examples seen, counted, skipped)."""
+
+    def __init__(self, xp):
+        self.xp = xp
+        self.loss = xp.zeros((), dtype=xp.float64)
+        self.correct = xp.zeros((), dtype=xp.int64)
+        self.first_bad = xp.full((), -1, dtype=xp.int64)
+        self.seen = self.counted = self.skipped = 0
+
+
 class Trainer:
     """Steps of one model over a loader: forward, loss, backward, :meth:`gradients_ready`, the non-finite
     check, clipping and the optimizer's update, at the rate the schedule gives for the global step.
@@ -142,13 +155,11 @@ class Trainer:
 
     def _epoch(self, epoch: int, epochs: int) -> dict:
         model = self.model
+        self.prepare()
         xp = devices.get_array_module(*model.params.values())
-        first_bad = xp.full((), -1, dtype=xp.int64)  # the first global step with a NaN/inf loss or gradient
+        sums = EpochSums(xp)
         model.train()
         self.loader.set_epoch(epoch)
-        loss_sum = xp.zeros((), dtype=xp.float64)
-        correct = xp.zeros((), dtype=xp.int64)
-        seen = counted = skipped = 0
         first_step = self.global_step
         t0 = time.perf_counter()
         lr = self.opt.lr
@@ -156,51 +167,80 @@ class Trainer:
             self.progress.begin(f"epoch {epoch}/{epochs}", self.steps_per_epoch)
         totals = self.loader.batch_sizes() if self.parallel is not None else None
         for i, (x, y) in enumerate(self.loader):
-            lr = self.schedule.apply(self.opt, self.global_step)
-            # n: the examples this process counts; share: its part of the step's loss (see DataParallel)
-            n, share = (int(x.shape[0]), 1.0) if totals is None else self.parallel.batch_share(totals[i])
-            if self.skip_mode:  # a skipped step must not leave its batch statistics behind either
-                kept_buffers = {k: v.copy() for k, v in model.buffers.items()}
-            logits = model(x)
-            loss = self.loss_layer.forward(logits, y)
-            dout = self.loss_layer.backward()
-            model.backward(dout if share == 1 else dout * share)
-            grads = self.gradients_ready(model.grads, loss, n)
-            ok = xp.isfinite(loss) & optim.grads_finite(grads) if n else optim.grads_finite(grads)
-            if self.skip_mode and not bool(ok):  # skip mode reads `ok` back: one host sync per step
-                skipped += 1
-                for k, v in model.buffers.items():
-                    v[...] = kept_buffers[k]
-            else:
-                if not self.skip_mode:
-                    first_bad = xp.where(ok | (first_bad >= 0), first_bad, self.global_step)
-                if self.clip is not None:
-                    optim.clip_grad_norm(grads, self.clip)
-                self.opt.update(model.params, grads)
-                if n:
-                    loss_sum += loss * n
-                    correct += (xp.argmax(logits, axis=1) == y).sum()
-                counted += n
-            seen += n
-            self.global_step += 1
+            lr = self.step(x, y, sums, None if totals is None else totals[i])
             if self.progress is not None and self.progress.due():
-                total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
+                total_loss, total_correct, bad = metrics.read(sums.loss, sums.correct, sums.first_bad)
                 if self.parallel is None:
                     self._fault_check(epoch, first_step, bad)
                 self.progress.show(self.global_step - first_step,
-                                   f"loss {total_loss / max(counted, 1):.4f} "
-                                   f"acc {100 * total_correct / max(counted, 1):.2f}% "
-                                   f"{seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
-        total_loss, total_correct, bad = metrics.read(loss_sum, correct, first_bad)
+                                   f"loss {total_loss / max(sums.counted, 1):.4f} "
+                                   f"acc {100 * total_correct / max(sums.counted, 1):.2f}% "
+                                   f"{sums.seen / max(time.perf_counter() - t0, 1e-9):.0f} img/s")
+        total_loss, total_correct, bad = metrics.read(sums.loss, sums.correct, sums.first_bad)
         if self.parallel is not None:
-            total_loss, total_correct, counted, seen = self.parallel.sum(total_loss, total_correct, counted, seen)
-            counted, seen = int(counted), int(seen)
+            total_loss, total_correct, counted, seen = self.parallel.sum(total_loss, total_correct, sums.counted,
+                                                                         sums.seen)
+            sums.counted, sums.seen = int(counted), int(seen)
         if self.progress is not None:
             self.progress.clear()
         self._fault_check(epoch, first_step, bad)
+        counted = sums.counted
         return {"loss": total_loss / counted if counted else None,
                 "acc": total_correct / counted if counted else None,
-                "seen": seen, "skipped": skipped, "lr": lr, "started": t0, "seconds": time.perf_counter() - t0}
+                "seen": sums.seen, "skipped": sums.skipped, "lr": lr, "started": t0,
+                "seconds": time.perf_counter() - t0}
+
+    def prepare(self):
+        """Put the model's parameters and gradients into flat buffers laid out by the optimizer's groups
+        (once, and again after the model moved), so that an update is one launch per group and the
+        non-finite check one pass."""
+        model = self.model
+        if devices.flat.owner(model.params) is None and model.params:
+            model.flatten_parameters(self.opt.flat_order(model.params))
+
+    def step(self, x, y, sums: "EpochSums", total: int | None = None):
+        """One training step on batch (x, y): the rate for the global step, forward, loss, backward,
+        :meth:`gradients_ready`, the non-finite check, clipping, the update and the epoch's sums, all on the
+        device (one kernel each for the check and the sums); returns the rate used. In skip mode the check's
+        flag is read back (one host sync) and a bad step is undone: no update, batch statistics restored.
+        `total`: with ``parallel``, the size of the whole batch whose share (x, y) is."""
+        model = self.model
+        lr = self.schedule.apply(self.opt, self.global_step)
+        # n: the examples this process counts; share: its part of the step's loss (see DataParallel)
+        n, share = (int(x.shape[0]), 1.0) if self.parallel is None else self.parallel.batch_share(total)
+        if self.skip_mode:  # a skipped step must not leave its batch statistics behind either
+            kept_buffers = {k: v.copy() for k, v in model.buffers.items()}
+        logits = model(x)
+        loss = self.loss_layer.forward(logits, y)
+        dout = self.loss_layer.backward()
+        model.backward(dout if share == 1 else dout * share)
+        grads = self.gradients_ready(model.grads, loss, n)
+        counted_loss = loss if n else None   # a process running padding counts no loss (its gradients are 0)
+        if self.skip_mode and not bool(optim.grads_finite(grads, counted_loss)):  # one host sync per step
+            sums.skipped += 1
+            for k, v in model.buffers.items():
+                v[...] = kept_buffers[k]
+        else:
+            if not self.skip_mode:
+                self.note_nonfinite(grads, counted_loss, sums)
+            if self.clip is not None:
+                optim.clip_grad_norm(grads, self.clip)
+            self.opt.update(model.params, grads)
+            if n:
+                self.accumulate(logits, y, loss, n, sums)
+        sums.seen += n
+        self.global_step += 1
+        return lr
+
+    def note_nonfinite(self, grads, loss, sums: "EpochSums"):
+        """sums.first_bad becomes this global step if the loss or a gradient is NaN or infinite (and no step
+        before was): one kernel over the flat gradients, no sync."""
+        optim.note_nonfinite(grads, loss, sums.first_bad, self.global_step)
+
+    def accumulate(self, logits, y, loss, n, sums: "EpochSums"):
+        """The step's loss times its batch size and its correct count added to the epoch's sums: one kernel."""
+        ops.accumulate_metrics(logits, y, loss, n, sums.loss, sums.correct)
+        sums.counted += n
 
     def _fault_check(self, epoch, first_step, bad):
         """NumericalFaultError if a step of this epoch had a NaN/inf (bad = its global step, or -1)."""
