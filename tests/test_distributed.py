@@ -70,19 +70,20 @@ def test_shard_bounds_cover_each_batch_once_in_order(world):
         assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-def test_sharded_loaders_serve_the_whole_loaders_batches_crops_and_flips():
+@pytest.mark.parametrize("device", ["cpu", "emulated:1"])   # batches made on the host, or on the GPU
+def test_sharded_loaders_serve_the_whole_loaders_batches_crops_and_flips(device):
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 255, (23, 3, 6, 5)).astype(np.uint8), rng.integers(0, 4, 23)
-    common = dict(batch_size=8, seed=3, augment=("crop", "flip"), pad=2)
+    common = dict(batch_size=8, seed=3, augment=("crop", "flip"), pad=2, device=device)
     whole = DataLoader((images, labels), **common)
     whole.set_epoch(1)
-    batches = list(whole)
+    batches = [(backend.to_cpu(x), backend.to_cpu(y)) for x, y in whole]
     for world in (2, 3):
         shards = []
         for rank in range(world):
             loader = DataLoader((images, labels), shard=(rank, world), **common)
             loader.set_epoch(1)
-            shards.append(list(loader))
+            shards.append([(backend.to_cpu(x), backend.to_cpu(y)) for x, y in loader])
             assert loader.batch_sizes() == [8, 8, 7]
         for i, (x, y) in enumerate(batches):
             assert np.array_equal(np.concatenate([s[i][0] for s in shards]), x)

@@ -211,10 +211,10 @@ class DataLoader:
         images, labels, scale, shift = data
         crop, flip = "crop" in self.augment, "flip" in self.augment
         for start in range(0, len(draws), self.batch_size):
-            rows = self._share(draws[start:start + self.batch_size])
-            if rows is None:
-                continue
             with device_scope(draws):   # not across the yield: the consumer runs in its own scope
+                rows = self._share(draws[start:start + self.batch_size])
+                if rows is None:
+                    continue
                 x, y = ops.gather_batch(images, labels, rows, crop, flip, self.pad, scale, shift, self.dtype)
             if images is self.images:   # made on the host: send it
                 x, y = to_device(x, self.device), to_device(y, self.device)
