@@ -128,8 +128,7 @@ def test_buckets_pack_and_unpack_arrays_of_several_dtypes():
 
 
 def test_a_flat_gradient_buffer_is_reduced_in_place_without_packing():
-    flat = pytest.importorskip("gpucnn.devices.flat", reason="flat gradient buffers come with the multi-tensor "
-                                                            "optimizers (branch gpu-speed)")
+    from gpucnn.devices import flat
     grads = flat.FlatArrays({"0.W": np.ones((2, 3), np.float32), "0.b": np.full(4, 2, np.float32)})
     buckets = distributed.Buckets(grads.views)
     packed = buckets.pack()

@@ -12,10 +12,7 @@ from ..devices.core import device_scope
 from ..layers.normalization import _BatchNorm
 from .communicators import Communicator
 
-try:   # a model's gradients as views of one flat buffer (gpucnn.devices.flat), where that exists
-    from ..devices.flat import owner as _flat_owner
-except ImportError:   # pragma: no cover - before flat buffers
-    _flat_owner = None
+from ..devices.flat import owner as _flat_owner
 
 
 class Buckets:
@@ -33,7 +30,7 @@ class Buckets:
 
     def __init__(self, arrays: dict):
         self.arrays = dict(arrays)
-        flat = _flat_owner(self.arrays) if _flat_owner is not None else None
+        flat = _flat_owner(self.arrays)
         self._layout = []   # (bucket, [(name, start, stop)])
         if flat is not None:
             self.buckets = [flat.buffer]
