@@ -156,7 +156,8 @@ def test_vgg_conv_counts_per_block_and_pooling_before_the_norm():
     assert [type(l) for l in models.vgg(1, 28, 10, convs_per_block=1).layers[:2]] == [Conv2D, BatchNorm2D]
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     assert models.small_vgg().forward(x, train=False).shape == (2, 10)
-    assert models.small_vgg().num_params() == 538_858
+    assert models.small_vgg().num_params() == 391_146
+    assert kinds(models.small_vgg()) == ["Conv2D", "MaxPool2D", "BatchNorm2D", "ReLU"] * 3 + ["Dropout", "Affine", "BatchNorm1D"]
     for bad in ((1, 2), (1, 0, 1)):
         with pytest.raises(ValueError, match="vgg: "):
             models.vgg(1, 28, 10, convs_per_block=bad)
