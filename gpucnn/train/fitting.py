@@ -391,9 +391,10 @@ class _Session:
             early = (f", early stop after {plural(self.patience, 'epoch')} without improvement"
                      if self.patience else "")
             where = self.comm.describe() if self.comm else self.dev
+            smoothing = f", label smoothing {c['label_smoothing']:g}" if c["label_smoothing"] else ""
             log(f"training {self.label} ({self.net.num_params():,} parameters) on {self.data.name} "
                 f"({self.data.describe()}) on {where}: {c['optimizer']} lr {c['lr']:g} {c['schedule']}, weight "
-                f"decay {decay:g}{groups}, batch {c['batch_size']}, {plural(epochs, 'epoch')}{early}"
+                f"decay {decay:g}{groups}{smoothing}, batch {c['batch_size']}, {plural(epochs, 'epoch')}{early}"
                 + (f" -> {self.folder.path}" if self.folder else ""))
             note = self.data.scoring_note()
             if note:
