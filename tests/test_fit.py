@@ -212,9 +212,9 @@ def test_label_smoothing_trains_with_pytorchs_smoothed_loss_and_is_part_of_the_r
     # the same first step, then other gradients: other weights, and a loss with the smoothing term
     assert not np.array_equal(params(plain.model)["0.W"], params(smooth.model)["0.W"])
     torch = pytest.importorskip("torch")
+    saved = checkpoint.load(tmp_path / "s" / "checkpoint.npz").data
     loader = gpucnn.DataLoader((test[0].transpose(0, 3, 1, 2), test[1]), batch_size=48, shuffle=False,
-                               mean=checkpoint.load(tmp_path / "s" / "checkpoint.npz").data["mean"],
-                               std=checkpoint.load(tmp_path / "s" / "checkpoint.npz").data["std"])
+                               mean=saved["mean"], std=saved["std"])
     xb, yb = next(iter(loader))
     logits = smooth.model.forward(xb, train=False)
     want = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(np.asarray(yb)).long(),
