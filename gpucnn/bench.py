@@ -131,6 +131,8 @@ def benchmark(model_name, batch_size, device, steps=20, warmup=3, train=True, in
     warmup = _count(warmup, "warmup", 0)
     dev = devices.get_device(device)
     precision = devices.precision.check(precision, dev)
+    if not dev.is_gpu:   # as gpucnn.fit does: the step's temporaries reuse freed memory
+        devices.keep_host_memory()
     name, net, x, labels, loss, opt, shape = _setup(model_name, batch_size, dev, input_size, in_channels,
                                                     num_classes)
     compile_seconds = _compile_kernels(dev)

@@ -179,6 +179,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         comm, dev = comm.for_device(device)
         log = log if comm.rank == 0 else (lambda line: None)
     precision = devices.precision.check(precision, dev)   # refused on the CPU before any data is read
+    if not dev.is_gpu:
+        devices.keep_host_memory()   # the step's temporaries reuse freed memory (GPUCNN_HOST_MEMORY)
     devices.seed(seed)
     prepare = lambda: _inputs.prepare(train, validation, test, seed=seed, limit_train=limit_train,
                                       limit_test=limit_test, data_dir=data_dir, download=download)
