@@ -6,7 +6,9 @@ PyTorch on the CPU: same architecture, batch, dtype and thread count, the two al
 Prints the median time per step of each and their ratio (gpucnn / torch: lower is better for gpucnn), and the
 load average before each case: other processes on the machine distort both (OpenBLAS threads spin badly when
 the cores are busy), so compare ratios taken at low load. numpy's BLAS threads are set from --threads through
-the environment before numpy is imported (threadpoolctl is used too when installed).
+the environment before numpy is imported (threadpoolctl is used too when installed). The process runs with
+gpucnn.devices.keep_host_memory, as `gpucnn train` on the CPU does; PyTorch's CPU arrays come from the same
+glibc malloc, so both get it (GPUCNN_HOST_MEMORY=system measures both without it).
 """
 from __future__ import annotations
 
@@ -65,6 +67,7 @@ def main(argv=None):
 
     import numpy as np
     import torch
+    from gpucnn.devices import keep_host_memory
     from torch_bench import wall_seconds_per_call
     torch.set_num_threads(args.threads)
     try:
@@ -72,8 +75,10 @@ def main(argv=None):
         threadpool_limits(args.threads)
     except ImportError:
         pass
+    kept = keep_host_memory()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-          f"numpy {np.__version__}, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps")
+          f"numpy {np.__version__}, torch {torch.__version__}; median of {args.rounds} rounds x {args.steps} steps; "
+          f"host memory {'kept' if kept else 'as the system allocates it'}")
     print(f"{'case':<22}{'gpucnn ms':>11}{'torch ms':>11}{'ratio':>8}{'load':>7}")
     for name in ([args.only] if args.only else list(CASES)):
         g_train, g_infer = make_gpucnn_step(name)

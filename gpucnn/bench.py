@@ -70,8 +70,9 @@ def _count(value, what, minimum):
 
 
 def default_input(name):
-    """(channels, size) a model is benchmarked at by default: 1x28x28 for the MNIST nets, 3x32x32 otherwise."""
-    return (1, 28) if canonical_name(name) in ("lenet5", "simple_convnet") else (3, 32)
+    """(channels, size) a model is benchmarked at by default: 1x28x28 for the MNIST nets and small_vgg (the
+    Fashion-MNIST recipe's), 3x32x32 otherwise."""
+    return (1, 28) if canonical_name(name) in ("lenet5", "simple_convnet", "small_vgg") else (3, 32)
 
 
 def _setup(model_name, batch_size, dev, input_size, in_channels, num_classes):
