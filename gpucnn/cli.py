@@ -143,6 +143,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="the validation metric that picks the best epoch: loss (lowest, default) or acc (highest)")
     t.add_argument("--test-every-epoch", action="store_true", default=None,
                    help="with validation data, score the test split after every epoch too")
+    t.add_argument("--eval-every", type=int, metavar="N",
+                   help="score the validation data (or the test split) after every N-th epoch and after the last "
+                        "one only (default 1: every epoch); evaluation takes a few seconds an epoch on a CPU")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N or emulated (default: $GPUCNN_DEVICE, else auto: "
                                     "the GPU if usable, otherwise the CPU)")
     t.add_argument("--precision", type=_lower, choices=PRECISIONS, help=_PRECISION_HELP)
@@ -228,7 +231,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                  "decay_all", "schedule", "warmup", "clip", "augment", "label_smoothing", "val_split", "early_stop",
-                 "select", "test_every_epoch", "device", "precision", "seed", "out", "overwrite", "limit_train",
+                 "select", "test_every_epoch", "eval_every", "device", "precision", "seed", "out", "overwrite", "limit_train",
                  "limit_test", "on_nonfinite", "log_every", "download", "distributed", "timeout")
 
 

@@ -226,3 +226,20 @@ def test_label_smoothing_trains_with_pytorchs_smoothed_loss_and_is_part_of_the_r
     for bad in (-0.1, 1.0, float("nan"), "0.1"):
         with pytest.raises(ValueError, match="label-smoothing must be a number in \\[0, 1\\)"):
             gpucnn.fit(small_net, (x, y), label_smoothing=bad, **kw)
+
+
+def test_eval_every_scores_every_nth_epoch_and_the_last(arrays, tmp_path):
+    (x, y), test = arrays
+    kw = dict(epochs=5, batch_size=32, eval_every=2, seed=1, **QUIET)
+    h = gpucnn.fit(small_net, (x, y), test=test, out=tmp_path / "t", **kw)
+    assert [r["epoch"] for r in h.rows if "test_acc" in r] == [2, 4, 5]
+    assert all("train_acc" in r for r in h.rows) and h.test["epoch"] == 5
+    every = gpucnn.fit(small_net, (x, y), test=test, **{**kw, "eval_every": 1})
+    assert h.test == every.test                      # skipping evaluations changes nothing trained
+    v = gpucnn.fit(small_net, (x, y), validation=0.25, test=test, select="acc", out=tmp_path / "v", **kw)
+    assert [r["epoch"] for r in v.rows if "val_acc" in r] == [2, 4, 5]
+    assert not any("test_acc" in r for r in v.rows) and v.best_epoch in (2, 4, 5)
+    lines = [json.loads(line) for line in open(tmp_path / "v" / "metrics.jsonl")]
+    assert [("val_acc" in r) for r in lines] == [False, True, False, True, True]
+    with pytest.raises(ValueError, match="eval-every must be a positive integer"):
+        gpucnn.fit(small_net, (x, y), epochs=1, eval_every=0, **QUIET)

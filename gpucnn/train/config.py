@@ -41,6 +41,7 @@ class TrainConfig:
     early_stop: int | None = None     # stop after N epochs without improvement of the validation metric
     select: str = "loss"              # the validation metric that picks best.npz: "loss" or "acc"
     test_every_epoch: bool = False    # with validation data, score the test split every epoch too
+    eval_every: int = 1               # score validation/test after every N-th epoch and the last one
     augment: bool | str = False       # True: the dataset's usual ones; or "crop", "flip", "crop,flip"
     label_smoothing: float = 0.0      # the loss's epsilon: targets (1 - eps) one-hot + eps / classes
     on_nonfinite: str = "stop"        # "stop": fail with NumericalFaultError; "skip": skip such steps
@@ -107,6 +108,7 @@ def train(config: TrainConfig, log=print) -> dict:
                   schedule=cfg.schedule, warmup=cfg.warmup, clip=cfg.clip, augment=cfg.augment,
                   label_smoothing=cfg.label_smoothing,
                   early_stopping=cfg.early_stop, select=cfg.select, test_every_epoch=cfg.test_every_epoch,
+                  eval_every=cfg.eval_every,
                   out=cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, device=cfg.device, seed=cfg.seed,
                   on_nonfinite=cfg.on_nonfinite, precision=cfg.precision, limit_train=cfg.limit_train,
                   limit_test=cfg.limit_test,

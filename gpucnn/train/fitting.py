@@ -85,7 +85,7 @@ def _check(o: dict):
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "eval_every"):
         positive_int(name)
     for name in ("limit_train", "limit_test", "early_stop"):
         positive_int(name, allow_none=True)
@@ -116,7 +116,7 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         batch_size: int = DEFAULTS["batch_size"], optimizer: str = DEFAULTS["optimizer"], lr: float = DEFAULTS["lr"],
         weight_decay: float | None = None, decay_all: bool = False, schedule: str = DEFAULTS["schedule"],
         warmup: int = 0, clip: float | None = None, augment=False, label_smoothing: float = 0.0, early_stopping: int | None = None,
-        select: str = "loss", test_every_epoch: bool = False, out=None, resume: bool = False,
+        select: str = "loss", test_every_epoch: bool = False, eval_every: int = 1, out=None, resume: bool = False,
         overwrite: bool = False, device=None, seed: int = 0, on_nonfinite: str = "stop",
         limit_train: int | None = None, limit_test: int | None = None, data_dir=None, download: bool = True,
         log=print, log_every: float | None = None, precision: str = "fp32", settings: dict | None = None,
@@ -139,7 +139,10 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         losses include it).
     early_stopping: stop after this many epochs without improvement of the validation metric `select`
         ("loss": lowest validation loss, "acc": highest accuracy). test_every_epoch: score the test split
-        each epoch too (with validation data it is otherwise scored once, at the end).
+        each epoch too (with validation data it is otherwise scored once, at the end). eval_every: score the
+        validation data (and the test split, where it is scored per epoch) after every eval_every-th epoch and
+        after the last one only (1: every epoch); the other epochs' rows have no val_*/test_* columns, and best
+        and early stopping consider the scored epochs. Not part of what makes the run: a resumed run may change it.
     out: the run folder (None: write nothing); resume / overwrite an existing run there. device: "cpu",
         "cuda", "emulated", "auto" or None ($GPUCNN_DEVICE, else auto). seed: everything random.
     precision: "fp32", "tf32" (float32 GEMMs on TF32 tensor cores) or "bf16" (mixed precision: bfloat16 GEMM
@@ -162,8 +165,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
     lower = lambda v: v.strip().lower() if isinstance(v, str) else v
     optimizer, schedule, select, on_nonfinite = map(lower, (optimizer, schedule, select, on_nonfinite))
     _check(dict(epochs=epochs, batch_size=batch_size, limit_train=limit_train, limit_test=limit_test,
-                early_stop=early_stopping, warmup=warmup, lr=lr, weight_decay=weight_decay, clip=clip,
-                log_every=log_every, on_nonfinite=on_nonfinite, select=select, schedule=schedule,
+                early_stop=early_stopping, eval_every=eval_every, warmup=warmup, lr=lr, weight_decay=weight_decay,
+                clip=clip, log_every=log_every, on_nonfinite=on_nonfinite, select=select, schedule=schedule,
                 optimizer=optimizer, seed=seed, label_smoothing=label_smoothing))
     _inputs.model_name(model)  # an unknown model name fails before any data is read
     if out is None and resume:
@@ -194,6 +197,7 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
               "schedule": schedule, "warmup": warmup, "clip": clip, "augment": augment,
               "label_smoothing": float(label_smoothing), "val_split": data.validation,
               "early_stop": early_stopping, "select": select, "test_every_epoch": bool(test_every_epoch),
+              "eval_every": eval_every,
               "seed": seed, "on_nonfinite": on_nonfinite, "limit_train": limit_train, "limit_test": limit_test,
               "device": device, "precision": precision}
     if saved is not None:
@@ -307,11 +311,12 @@ class _Session:
         """Train an epoch, evaluate, save (checkpoint, then best.npz, then the metrics row), log; returns
         whether early stopping is due."""
         h, epochs = self.history, self.epochs
+        scored = epoch % self.config["eval_every"] == 0 or epoch == epochs
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # NaN/inf are caught and
             stats = self.trainer.train_epoch(epoch, epochs)                    # reported by the fault check
-            val = self._evaluate(self.val_loader, f"epoch {epoch}/{epochs} validation")
+            val = self._evaluate(self.val_loader, f"epoch {epoch}/{epochs} validation") if scored else None
             tst = (self._evaluate(self.test_loader, f"epoch {epoch}/{epochs} test")
-                   if val is None or self.config["test_every_epoch"] else None)
+                   if scored and (self.val_loader is None or self.config["test_every_epoch"]) else None)
         h.confusion = (tst or val or (None, None, h.confusion))[2]
         row = _row(epoch, stats, val, tst)
         h.rows.append(row)
