@@ -231,8 +231,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 _TRAIN_FIELDS = ("model", "dataset", "data_dir", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
                  "decay_all", "schedule", "warmup", "clip", "augment", "label_smoothing", "val_split", "early_stop",
-                 "select", "test_every_epoch", "eval_every", "device", "precision", "seed", "out", "overwrite", "limit_train",
-                 "limit_test", "on_nonfinite", "log_every", "download", "distributed", "timeout")
+                 "select", "test_every_epoch", "eval_every", "device", "precision", "seed", "out", "overwrite",
+                 "limit_train", "limit_test", "on_nonfinite", "log_every", "download", "distributed", "timeout")
 
 
 def _cmd_train(args) -> int:

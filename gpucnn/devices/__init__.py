@@ -6,7 +6,8 @@
 transfers counted on it), :mod:`.emulator` (kernels/*.cu run on the CPU), :mod:`.kernels` (compile once per
 device, launch) beside :mod:`.twins` (their numpy references), :mod:`.ops` (kernel or twin, by the array's
 device), :mod:`.dlpack` (other libraries' arrays without a copy) and :mod:`.precision` (fp32, tf32 and bf16
-scopes) and :mod:`.host_memory` (the CPU's freed memory kept for the next step). Importing this package registers the emulated device with the core.
+scopes) and :mod:`.host_memory` (the CPU's freed memory kept for the next step). Importing this package
+registers the emulated device with the core.
 """
 from . import core, counters, cuda, emulated, emulator, precision
 from . import flat  # noqa: F401 (gpucnn.devices.flat: flat parameter buffers, used as devices.flat)

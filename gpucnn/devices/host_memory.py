@@ -13,7 +13,7 @@ the allocator).
 from the heap, and up to 1 GiB of freed heap stays with the process. These are ``mallopt(M_MMAP_THRESHOLD)`` and
 ``mallopt(M_TRIM_THRESHOLD)`` (glibc manual, "Malloc Tunable Parameters"). Measured with
 ``benchmarks/host_memory.py`` on a 2-core AMD EPYC: small_vgg's training step at batch 64 on one thread
-takes 17-22% less time, and lenet5's more (README, "Speed"). The process then holds on to its
+80.2 against 72.9 ms (1.10x), lenet5's at batch 128 1.06x (medians of 5 and 3 rounds). The process then holds on to its
 largest step's memory, which it would allocate again at the next step anyway.
 
 :func:`gpucnn.fit` (and so ``gpucnn train``) and ``gpucnn bench`` call it when they run on the CPU. Set
