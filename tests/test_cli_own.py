@@ -134,7 +134,7 @@ def test_existing_run_folder_is_refused_naming_resume_and_overwrite(own, capsys)
     assert_one_error_line(capsys.readouterr().err, r"--resume .* --overwrite .*pass one of them")
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
 def test_resume_to_another_length_says_how_the_schedule_changes(own, capsys, schedule):
     args = ["train", "--dataset", "my.npz", "--model", "simple_convnet", "--schedule", schedule, "--out", "r",
             *FAST]
@@ -147,11 +147,12 @@ def test_resume_to_another_length_says_how_the_schedule_changes(own, capsys, sch
     if schedule == "constant":
         assert not note                                              # its rate does not depend on the length
         return
-    # at step 5 the one-epoch cosine had ended (rate 0); over two epochs it is half-way (rate lr / 2)
-    assert note == ["--epochs 2 (the run was planned for 1): the cosine schedule now spans 2 epochs instead of 1, "
-                    "so the learning rate at step 5 goes from 0.00e+00 to 1.00e-03"]
+    # at step 5 the one-epoch schedule had ended (rate 0); over two epochs it is half-way (rate lr / 2 for both)
+    assert note == [f"--epochs 2 (the run was planned for 1): the {schedule} schedule now spans 2 epochs instead of "
+                    f"1, so the learning rate at step 5 goes from 0.00e+00 to 1.00e-03"]
     from gpucnn import optim
-    assert rows_of(own / "r")[1]["lr"] == optim.CosineLR(2e-3, 10).lr_at(9)   # epoch 2's last step, of 10
+    full = optim.make_schedule(schedule, 2e-3, 10)
+    assert rows_of(own / "r")[1]["lr"] == full.lr_at(9)   # epoch 2's last step, of 10
 
 
 def test_eval_on_another_data_set_and_a_run_of_a_model_object(own, capsys):
@@ -176,7 +177,7 @@ def test_version_help_choices_and_names_in_any_case(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for needle in ("mnist, fashion-mnist, cifar10", "{sgd,momentum,nesterov,adagrad,rmsprop,adam,adamw}",
-                   "{constant,step,cosine}", "{loss,acc}", ", ".join(gpucnn.models.names()),
+                   "{constant,step,cosine,linear}", "{loss,acc}", ", ".join(gpucnn.models.names()),
                    "path/to/file.py:function", "--val-split F", "--early-stop N", "--decay-all", "--overwrite",
                    "--label-smoothing EPS"):
         assert needle in text, needle

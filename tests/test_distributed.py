@@ -22,7 +22,7 @@ from _cli import REPO
 from _synth import write_idx_dataset
 
 import gpucnn
-from gpucnn import cli, distributed
+from gpucnn import cli, cli_inspect, distributed
 from gpucnn import devices as backend
 from gpucnn.data import DataLoader
 from gpucnn.data.loader import shard_bounds
@@ -318,7 +318,7 @@ def test_cli_job_equals_one_process_and_resumes_with_another_number_of_processes
 def test_info_says_what_data_parallel_training_can_use(monkeypatch):
     import mpi4py
     monkeypatch.setenv("PATH", BIN + os.pathsep + os.environ.get("PATH", ""))
-    assert cli._distributed_status(False) == f"mpi4py {mpi4py.__version__}, {MPIEXEC}"
+    assert cli_inspect.distributed_status(False) == f"mpi4py {mpi4py.__version__}, {MPIEXEC}"
 
 
 @pytest.mark.parametrize("extra,message", [

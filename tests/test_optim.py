@@ -365,6 +365,18 @@ def test_cosine_lr_matches_torch(min_lr):
     assert s.lr_at(total + 10) == min_lr
 
 
+@pytest.mark.parametrize("min_lr", [0.0, 0.02])
+def test_linear_lr_matches_torch(min_lr):
+    total, base = 37, 0.1
+    expected = torch_lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=min_lr / base,
+                                                                    total_iters=total), base, total + 5)
+    s = optim.LinearLR(base, total, min_lr=min_lr)
+    np.testing.assert_allclose([s.lr_at(i) for i in range(total + 5)], expected, rtol=1e-9, atol=1e-15)
+    assert s.lr_at(0) == base and s.lr_at(total) == s.lr_at(total + 100) == min_lr
+    with pytest.raises(ValueError, match="LinearLR: total_steps"):
+        optim.LinearLR(base, 0)
+
+
 def test_warmup_matches_torch_linear_lr():
     w = 8
     expected = torch_lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=1 / w, total_iters=w - 1),
@@ -396,9 +408,10 @@ def test_schedule_apply_and_factory():
     assert isinstance(opt.lr, float)
     assert optim.make_schedule("step", 0.1, 90).step_size == 30
     assert optim.make_schedule("constant", 0.1, 90).lr_at(89) == 0.1
-    assert optim.schedule_names() == ["constant", "step", "cosine"]
-    with pytest.raises(ValueError, match="unknown learning-rate schedule 'linear'"):
-        optim.make_schedule("linear", 0.1, 10)
+    assert optim.schedule_names() == ["constant", "step", "cosine", "linear"]
+    assert isinstance(optim.make_schedule("linear", 0.1, 90), optim.LinearLR)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'onecycle'"):
+        optim.make_schedule("onecycle", 0.1, 10)
 
 
 @pytest.mark.parametrize("make,exc,match", [

@@ -26,7 +26,7 @@ class TrainConfig:
     lr: float = DEFAULTS["lr"]
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY for the optimizer
     decay_all: bool = False           # False: no weight decay on biases and normalisation parameters
-    schedule: str = DEFAULTS["schedule"]  # "cosine" | "step" | "constant", a function of the global step
+    schedule: str = DEFAULTS["schedule"]  # "cosine" | "linear" | "step" | "constant": a function of the global step
     warmup: int = 0                   # linear warm-up over this many steps
     clip: float | None = None         # max global gradient norm, or None
     device: str = "auto"

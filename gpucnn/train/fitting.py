@@ -42,8 +42,8 @@ DEFAULTS = {"epochs": 12, "batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "
 # the same value as an L2 term would be far too strong for SGD.
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05}
 
-# Schedules whose rate at a step depends on the run's planned length (cosine spans it; step decays at thirds).
-LENGTH_DEPENDENT = ("cosine", "step")
+# Schedules whose rate at a step depends on the run's planned length (cosine and linear span it; step decays at thirds).
+LENGTH_DEPENDENT = ("cosine", "linear", "step")
 
 # Settings that make a run what it is: a resumed run must keep them. The others (epochs, lr, clip, early_stop,
 # select, on_nonfinite, limit_test, device, ...) may change when a run is resumed.
@@ -132,8 +132,8 @@ def fit(model, train, *, validation=None, test="auto", epochs: int = DEFAULTS["e
         val split if it has one). test: data as `train`, None, or "auto" (the test split of the data set named
         by `train`, if any).
     epochs, batch_size, optimizer (:func:`gpucnn.optim.names`), lr, weight_decay (None: 0.05 for adamw, else
-        0), decay_all (False: biases and normalisation parameters are not decayed), schedule ("cosine", "step",
-        "constant", over the planned run), warmup (steps), clip (max global gradient norm), augment (True or
+        0), decay_all (False: biases and normalisation parameters are not decayed), schedule ("cosine",
+        "linear", "step", "constant", over the planned run), warmup (steps), clip (max global gradient norm), augment (True or
         "crop", "flip", "crop,flip"), label_smoothing (the loss's epsilon in [0, 1): targets (1 - eps) on the
         label plus eps / classes everywhere, as torch.nn.CrossEntropyLoss(label_smoothing=eps); the reported
         losses include it).
