@@ -102,7 +102,26 @@ def test_relu_backward_twin_is_torch_threshold_backward():
     rng = np.random.default_rng(3)
     y, dout = specials(rng, (50,), np.float64), specials(rng, (50,), np.float64)
     want = torch.ops.aten.threshold_backward(torch.tensor(dout), torch.tensor(y), 0.0).numpy()
-    np.testing.assert_array_equal(twins.relu_backward(y, dout), want)
+    np.testing.assert_array_equal(twins.relu_backward(y, dout).view(np.int64), want.view(np.int64))  # +0.0, not -0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_keep_or_zero_is_where_bit_for_bit(dtype, contiguous):
+    """The CPU's bit-mask selection (ReLU backward, dropout) is np.where(keep, a, +0.0) to the bit: inf, NaN and
+    -0.0 kept where kept, +0.0 where dropped whatever a held, for any layout of a."""
+    rng = np.random.default_rng(4)
+    a = specials(rng, (6, 9, 10), dtype)
+    a.flat[::7] = -0.0
+    if not contiguous:
+        a = a.transpose(2, 0, 1)[:, ::2]
+    keep = rng.random(a.shape) < 0.5
+    bits = np.dtype(f"i{np.dtype(dtype).itemsize}")
+    want = np.where(keep, a, dtype(0))
+    got = twins.keep_or_zero(keep, a)
+    assert got.dtype == dtype and got.shape == a.shape
+    np.testing.assert_array_equal(got.view(bits), want.view(bits))
+    np.testing.assert_array_equal(ops.keep_or_zero(keep, a).view(bits), want.view(bits))
 
 
 # ---------------------------------------------------------------------------------- cross-entropy

@@ -45,9 +45,21 @@ def own_strides(shape) -> tuple:
     return tuple(reversed(strides))
 
 
+def keep_or_zero(keep, a):
+    """`a` where the bool array `keep` is True, exactly +0.0 elsewhere (whatever `a` holds, inf and NaN
+    included): np.where(keep, a, 0), computed as a's bit pattern times keep in integers. np.where with a
+    data-dependent mask branches per element and is about 10x slower (1.5 ms against 0.16 ms for 401,408
+    float32 values on one core of the 2-core AVX-512 machine, numpy 2.4)."""
+    out = np.empty(a.shape, a.dtype)
+    bits = np.dtype(f"i{a.dtype.itemsize}")
+    np.multiply(a.view(bits) if a.flags.c_contiguous else np.ascontiguousarray(a).view(bits), keep,
+                out=out.view(bits), dtype=bits)
+    return out
+
+
 def relu_backward(y, dout):
-    """dout where y > 0 or y is NaN, else exactly 0 (whatever dout holds): PyTorch's threshold_backward."""
-    return np.where(y <= 0, dout.dtype.type(0), dout)
+    """dout where y > 0 or y is NaN, else exactly +0.0 (whatever dout holds): PyTorch's threshold_backward."""
+    return keep_or_zero(~(y <= 0), dout)
 
 
 # ---------------------------------------------------------------------------------- cross-entropy

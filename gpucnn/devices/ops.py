@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 
-from . import fused, fused_twins, kernels, step_kernels, step_twins, twins
+from . import core, fused, fused_twins, kernels, step_kernels, step_twins, twins
 from .core import is_gpu_array
 from .twins import out_size, pad_pair
 
 __all__ = ["out_size", "pad_pair", "im2col", "col2im", "maxpool_forward", "maxpool_backward", "avgpool_forward",
            "avgpool_backward", "copy_blocked", "bias_act", "relu_backward", "xent_forward", "xent_reduce",
            "xent_backward", "lrn_forward", "lrn_backward", "sgd_step", "adagrad_step", "rmsprop_step", "adam_step",
-           "nonfinite_check", "accumulate_metrics", "gather_batch"]
+           "nonfinite_check", "accumulate_metrics", "gather_batch", "keep_or_zero"]
 
 
 def im2col(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, groups=1, scratch=None):
@@ -70,6 +70,14 @@ def copy_blocked(out, src):
         out[...] = src
         return out
     return twins.copy_blocked(out, src)
+
+
+def keep_or_zero(keep, a):
+    """`a` where `keep` (bool, a's shape) is True, exactly +0.0 elsewhere, inf and NaN included: xp.where on a
+    GPU, a bit mask on the CPU (see fused_twins.keep_or_zero)."""
+    if is_gpu_array(a):
+        return core.get_array_module(a).where(keep, a, a.dtype.type(0))
+    return fused_twins.keep_or_zero(keep, a)
 
 
 def _by_device(name, launchers=fused, numpy_twins=fused_twins):

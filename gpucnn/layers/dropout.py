@@ -1,7 +1,7 @@
 """Inverted dropout."""
 from __future__ import annotations
 
-from ..devices import random_uniform
+from ..devices import ops, random_uniform
 from .base import Layer, _float_arg
 
 
@@ -19,21 +19,21 @@ class Dropout(Layer):
         return f"Dropout(p={self.p})"
 
     def forward(self, x, train=None):
-        xp = self._begin(x)
+        self._begin(x)
         train = self._mode(train)
         keep = None
         if train and self.p > 0:
             keep = random_uniform(x.shape, like=x) >= self.p
-            x = self._kept(xp, x, keep)
+            x = self._kept(x, keep)
         return self._save((keep,), x)
 
-    def _kept(self, xp, a, keep):
+    def _kept(self, a, keep):
         """a / (1 - p) where kept, exactly 0 where dropped."""
-        return xp.where(keep, a * a.dtype.type(1 / (1 - self.p)), a.dtype.type(0))
+        return ops.keep_or_zero(keep, a * a.dtype.type(1 / (1 - self.p)))
 
     def backward(self, dout):
         keep, = self._saved(dout)
-        xp = self._xp(dout, keep)
+        self._xp(dout, keep)   # checks dout is on keep's device
         if not self.need_input_grad:
             return None
-        return dout if keep is None else self._kept(xp, dout, keep)
+        return dout if keep is None else self._kept(dout, keep)
