@@ -279,7 +279,7 @@ def test_an_evaluation_reads_back_from_the_device_once(data_dir):
 @pytest.mark.parametrize("field,value,message", [
     ("epochs", 0, "epochs must be a positive integer"), ("batch_size", -1, "batch-size"),
     ("lr", float("nan"), "lr must be a positive number"), ("on_nonfinite", "ignore", "on-nonfinite"),
-    ("schedule", "linear", "unknown schedule"), ("optimizer", "lbfgs", "unknown optimizer"),
+    ("schedule", "onecycle", "unknown schedule"), ("optimizer", "lbfgs", "unknown optimizer"),
     ("model", "googlenet", "unknown model"), ("clip", 0, "clip"), ("limit_train", 0, "limit-train")])
 def test_bad_settings_are_refused_before_anything_runs(data_dir, tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
