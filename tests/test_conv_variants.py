@@ -209,3 +209,53 @@ def test_workspace_chunks_give_the_same_results(make, any_device):
         L.set_workspace_limit(old)
     for a, b in zip(whole, chunked):   # float32 sums in another grouping: equal to rounding
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(a).max())
+
+
+# (n, cin, cout, (h, w), kernel, stride, padding, dilation, groups, bias): stride 1, one group, cout <= cin,
+# padding <= k - 1 per side: the CPU computes dx by correlating dout with the flipped filters
+CORRELATION_CASES = [
+    (3, 16, 16, (9, 7), 3, 1, 1, 1, 1, False),         # a ResNet stage's 3x3
+    (1, 5, 3, (6, 8), (2, 4), 1, "same", 1, 1, True),  # even kernel: 'same' pads (0, 1) and (1, 2)
+    (2, 4, 4, (5, 5), 3, 1, (0, 2, 1, 0), 1, 1, True),  # asymmetric padding, one side k - 1
+    (2, 6, 2, (4, 3), 1, 1, 0, 1, 1, False),           # 1x1
+    (2, 3, 3, (7, 6), (3, 2), 1, "valid", 1, 1, True),  # no padding: dout padded by k - 1 all round
+]
+
+
+@pytest.mark.parametrize("case", CORRELATION_CASES, ids=str)
+def test_cpu_input_gradient_by_correlation_matches_torch(case, any_device):
+    n, cin, cout, (h, w), k, s, p, d, g, bias = case
+    layer = L.Conv2D(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
+    x = np.zeros((n, cin, h, w), np.float32)
+    assert layer._dx_by_correlation(np, x, layer._weight_rows(np))   # on the CPU (a GPU keeps its kernels)
+    check_conv(case, any_device)
+
+
+def test_input_gradient_by_correlation_is_col2ims_to_rounding_also_in_chunks():
+    """The correlation's dx equals the column-gradient-and-col2im dx (float64, to rounding), whole and in
+    workspace chunks; with more filters than channels, or stride 2, the layer keeps col2im."""
+    rng = np.random.default_rng(5)
+    layer = L.Conv2D(6, 6, 3, padding=(1, 2, 0, 1), dtype=np.float64)
+    x = rng.standard_normal((5, 6, 8, 7))
+    dout = rng.standard_normal(layer.output_shape(x.shape))
+    layer.forward(x, True)
+    by_correlation = layer.backward(dout)
+    old = L.Conv2D._dx_by_correlation
+    try:
+        L.Conv2D._dx_by_correlation = lambda self, xp, x, wk: False
+        layer.forward(x, True)
+        by_col2im = layer.backward(dout)
+    finally:
+        L.Conv2D._dx_by_correlation = old
+    np.testing.assert_allclose(by_correlation, by_col2im, rtol=1e-12, atol=1e-12)
+    limit = L.get_workspace_limit()
+    try:
+        L.set_workspace_limit(2 * layer.sample_bytes(x.shape, np.float64) + 1)
+        layer.forward(x, True)
+        np.testing.assert_allclose(layer.backward(dout), by_col2im, rtol=1e-12, atol=1e-12)
+    finally:
+        L.set_workspace_limit(limit)
+    wk = lambda m: m._weight_rows(np)
+    wider, strided = L.Conv2D(4, 8, 3, padding=1), L.Conv2D(4, 4, 3, stride=2, padding=1)
+    assert not wider._dx_by_correlation(np, np.zeros((1, 4, 5, 5), np.float32), wk(wider))
+    assert not strided._dx_by_correlation(np, np.zeros((1, 4, 5, 5), np.float32), wk(strided))
