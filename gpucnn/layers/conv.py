@@ -159,7 +159,9 @@ class Conv2D(_Conv):
     im2col, then one batched GEMM over the groups per chunk of samples. The columns of the whole batch are
     cached for backward when they fit in the workspace limit; otherwise the batch is processed in chunks and
     each chunk's columns are recomputed in backward. 3x3 stride-1 layers with many channels (no groups, no
-    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). In a bf16 scope on a
+    dilation, symmetric padding) take Winograd F(2x2, 3x3) instead (see `uses_winograd`). dx is the column
+    gradient summed back by col2im, except on the CPU for stride-1 layers with no more filters than channels,
+    where it is dout correlated with the flipped filters (see `_dx_by_correlation`). In a bf16 scope on a
     GPU (:mod:`gpucnn.devices.precision`) the im2col path's GEMMs take bfloat16 columns (im2col_bf16 of a bfloat16
     copy of x), weight rows and output gradients, sum in float32, and write float32 (bias_act_bf16,
     col2im_bf16); W, b, their gradients, the output and dx stay float32 (Winograd stays float32). Raises ValueError
