@@ -60,37 +60,41 @@ class StepLR(Schedule):
         return self.base_lr * self.gamma ** (self._check_step(step) // self.step_size)
 
 
-class CosineLR(Schedule):
-    """Half a cosine from base_lr down to min_lr over total_steps, then min_lr, as torch's CosineAnnealingLR
-    with T_max=total_steps, eta_min=min_lr (which would rise again after T_max)."""
+class _Annealing(Schedule):
+    """A fall from base_lr to min_lr over total_steps, then min_lr: subclasses give its shape, the fraction
+    `_remaining(t, total_steps)` of the fall still ahead after t steps (1 at t = 0, 0 at t = total_steps)."""
 
     def __init__(self, base_lr, total_steps, min_lr=0.0):
-        self.base_lr = _real("CosineLR", "base_lr", base_lr)
+        name = type(self).__name__
+        self.base_lr = _real(name, "base_lr", base_lr)
         if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-            raise ValueError(f"CosineLR: total_steps must be an integer >= 1, got {total_steps!r}")
+            raise ValueError(f"{name}: total_steps must be an integer >= 1, got {total_steps!r}")
         self.total_steps = int(total_steps)
-        self.min_lr = _real("CosineLR", "min_lr", min_lr, hi=self.base_lr)
+        self.min_lr = _real(name, "min_lr", min_lr, hi=self.base_lr)
 
     def lr_at(self, step):
         t = min(self._check_step(step), self.total_steps)
-        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 + math.cos(math.pi * t / self.total_steps)) / 2.0
+        return self.min_lr + (self.base_lr - self.min_lr) * self._remaining(t, self.total_steps)
+
+    def _remaining(self, t: int, total: int) -> float:
+        raise NotImplementedError
 
 
-class LinearLR(Schedule):
+class CosineLR(_Annealing):
+    """Half a cosine from base_lr down to min_lr over total_steps, then min_lr, as torch's CosineAnnealingLR
+    with T_max=total_steps, eta_min=min_lr (which would rise again after T_max)."""
+
+    def _remaining(self, t, total):
+        return (1.0 + math.cos(math.pi * t / total)) / 2.0
+
+
+class LinearLR(_Annealing):
     """A straight line from base_lr down to min_lr over total_steps, then min_lr: torch's LinearLR with
     start_factor=1, end_factor=min_lr/base_lr, total_iters=total_steps. For runs of a few epochs a linear decay
     to zero does as well as or better than cosine (Li, Yumer and Ramanan, "Budgeted Training", ICLR 2020)."""
 
-    def __init__(self, base_lr, total_steps, min_lr=0.0):
-        self.base_lr = _real("LinearLR", "base_lr", base_lr)
-        if isinstance(total_steps, bool) or not isinstance(total_steps, (int, np.integer)) or total_steps < 1:
-            raise ValueError(f"LinearLR: total_steps must be an integer >= 1, got {total_steps!r}")
-        self.total_steps = int(total_steps)
-        self.min_lr = _real("LinearLR", "min_lr", min_lr, hi=self.base_lr)
-
-    def lr_at(self, step):
-        t = min(self._check_step(step), self.total_steps)
-        return self.min_lr + (self.base_lr - self.min_lr) * (1.0 - t / self.total_steps)
+    def _remaining(self, t, total):
+        return 1.0 - t / total
 
 
 class WarmupLR(Schedule):
