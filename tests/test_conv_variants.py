@@ -259,3 +259,57 @@ def test_input_gradient_by_correlation_is_col2ims_to_rounding_also_in_chunks():
     wider, strided = L.Conv2D(4, 8, 3, padding=1), L.Conv2D(4, 4, 3, stride=2, padding=1)
     assert not wider._dx_by_correlation(np, np.zeros((1, 4, 5, 5), np.float32), wk(wider))
     assert not strided._dx_by_correlation(np, np.zeros((1, 4, 5, 5), np.float32), wk(strided))
+
+
+# (n, cin, cout, (h, w), kernel, stride, padding, dilation, groups, bias): stride 1, one group, more filters
+# than channels (or padding past k - 1), at most 32 channels: the CPU sums the column gradient tap by tap
+BY_TAP_CASES = [
+    (3, 4, 8, (9, 7), 3, 1, 1, 1, 1, False),             # small_vgg's shape of layer, small
+    (1, 3, 5, (6, 8), (2, 4), 1, "same", 1, 1, True),    # even kernel: 'same' pads (0, 1) and (1, 2)
+    (2, 5, 7, (8, 9), (3, 2), 1, (1, 0), (2, 1), 1, False),  # dilation, non-square everything
+    (2, 3, 3, (5, 6), 3, 1, (3, 0, 1, 3), 1, 1, True),   # padding past k - 1 (no correlation there)
+    (2, 32, 40, (3, 2), 2, 1, 0, 1, 1, True),            # 32 channels, the most that take this path
+]
+
+
+@pytest.mark.parametrize("case", BY_TAP_CASES, ids=str)
+def test_cpu_input_gradient_tap_by_tap_matches_torch(case, any_device):
+    n, cin, cout, (h, w), k, s, p, d, g, bias = case
+    layer = L.Conv2D(cin, cout, k, stride=s, padding=p, dilation=d, groups=g, bias=bias)
+    x, wk = np.zeros((n, cin, h, w), np.float32), layer._weight_rows(np)
+    assert layer._dx_by_tap(np, x, wk) and not layer._dx_by_correlation(np, x, wk)
+    col = L.Conv2D._cols(layer, x, np.float32)[1]
+    assert col.flags.c_contiguous, "row-major columns (tap-major ones keep col2im)"
+    check_conv(case, any_device)
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 8, 7), (3, 2, 5, 20)], ids=["row-major columns", "tap-major columns"])
+def test_input_gradient_tap_by_tap_is_col2ims_also_in_chunks(shape, monkeypatch):
+    """The tap-by-tap dx equals the column-gradient-and-col2im dx (float64, to rounding), whole and in workspace
+    chunks, and is taken only where it should be (tap-major columns, 33 channels and stride 2 keep col2im)."""
+    rng = np.random.default_rng(6)
+    layer = L.Conv2D(shape[1], 9, (3, 2), padding=(1, 2, 0, 1), dilation=(1, 2), dtype=np.float64)
+    x = rng.standard_normal(shape)
+    dout = rng.standard_normal(layer.output_shape(x.shape))
+    calls = []
+    real = L.conv.twins.col2im_by_tap
+    monkeypatch.setattr(L.conv.twins, "col2im_by_tap", lambda *a: calls.append(1) or real(*a))
+    layer.forward(x, True)
+    by_tap = layer.backward(dout)
+    assert len(calls) == (shape[3] == 7), "row-major columns only"
+    with monkeypatch.context() as m:
+        m.setattr(L.Conv2D, "_dx_by_tap", lambda self, xp, x, wk: False)
+        layer.forward(x, True)
+        by_col2im = layer.backward(dout)
+    np.testing.assert_allclose(by_tap, by_col2im, rtol=1e-12, atol=1e-12)
+    limit = L.get_workspace_limit()
+    try:
+        L.set_workspace_limit(2 * layer.sample_bytes(x.shape, np.float64) + 1)
+        layer.forward(x, True)
+        np.testing.assert_allclose(layer.backward(dout), by_col2im, rtol=1e-12, atol=1e-12)
+    finally:
+        L.set_workspace_limit(limit)
+    wk = lambda m: m._weight_rows(np)
+    wide, strided = L.Conv2D(33, 40, 3, padding=1), L.Conv2D(4, 8, 3, stride=(1, 2), padding=1)
+    assert not wide._dx_by_tap(np, np.zeros((1, 33, 5, 5), np.float32), wk(wide))
+    assert not strided._dx_by_tap(np, np.zeros((1, 4, 5, 5), np.float32), wk(strided))

@@ -64,8 +64,10 @@ def test_names_order_and_identity():
 def test_first_layer_skips_input_gradient(monkeypatch):
     model = Sequential(L.Conv2D(1, 2, 3), L.ReLU(), L.Conv2D(2, 2, 3))
     calls = []
-    real, correlate = ops.col2im, L.Conv2D._correlate   # the CPU's two ways to an input gradient
+    real, correlate = ops.col2im, L.Conv2D._correlate   # the CPU's three ways to an input gradient
+    by_tap = L.conv.twins.col2im_by_tap
     monkeypatch.setattr(ops, "col2im", lambda *a: calls.append(a[1]) or real(*a))
+    monkeypatch.setattr(L.conv.twins, "col2im_by_tap", lambda *a: calls.append(a[1]) or by_tap(*a))
     monkeypatch.setattr(L.Conv2D, "_correlate", lambda self, *a: calls.append(self.in_channels) or correlate(self, *a))
     y = model.forward(np.ones((2, 1, 6, 6), np.float32))
     assert model.backward(np.ones_like(y)) is None

@@ -181,6 +181,33 @@ def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1):
     return dx.reshape(n, c, h, w)
 
 
+def col2im_by_tap(taps, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
+    """col2im of one group's columns stored tap-first and channels-last, ``(kh*kw, N, out_h, out_w, C)``
+    (C-contiguous): the same sums as :func:`col2im`, in the same order, bit for bit. CPU only; it serves
+    Conv2D's dx, whose column gradient one batched GEMM writes in this layout (see Conv2D._dx_by_tap).
+
+    Each tap adds its (out_h, out_w, C) block into a channels-last accumulator of a few samples (kept in L2):
+    with a column stride of 1 an output row of the block is one run of out_w*C numbers, where col2im's
+    channels-last layout adds runs of C.
+    """
+    n, c, h, w = x_shape
+    _, _, oh, ow, _ = taps.shape
+    top, left = pad_pair(ph)[0], pad_pair(pw)[0]
+    hp, wp = _extent(h, kh, sh, top, dh, oh), _extent(w, kw, sw, left, dw, ow)
+    nb = max(1, min(n, _COL2IM_BLOCK_BYTES // (hp * wp * c * taps.itemsize)))
+    acc_buf = np.empty((nb, hp, wp, c), dtype=taps.dtype)
+    dx = np.empty((n, c, h, w), dtype=taps.dtype)
+    for s in range(0, n, nb):
+        acc = acc_buf[:min(nb, n - s)]
+        acc.fill(0)
+        for i in range(kh):
+            for j in range(kw):
+                acc[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
+                    taps[i * kw + j, s:s + nb]
+        dx[s:s + nb] = acc[:, top:top + h, left:left + w].transpose(0, 3, 1, 2)
+    return dx
+
+
 # ------------------------------------------------------------------------------------------ max pool
 
 def _first_inside(size, k, s, p, d, out):
