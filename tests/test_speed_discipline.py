@@ -7,7 +7,7 @@ import pytest
 from _devices import no_host_sync
 from gpucnn import bench, models
 from gpucnn import devices as backend
-from gpucnn.devices import kernels, ops
+from gpucnn.devices import kernels, ops, twins
 from gpucnn import layers as L
 from gpucnn.optim import Adam
 
@@ -167,14 +167,15 @@ def test_conv_weight_gradient_matches_pytorch_in_both_contraction_orders(out_cha
 
 # ------------------------------------------------------------------- branch-free max-pool twin, bit for bit
 
+@pytest.mark.parametrize("nans", [True, False], ids=["nans", "no-nans"])  # 2x2/2 without NaN: the halving path
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("win", [(2, 2, 2, 2, 0, 0), (3, 3, 2, 2, 1, 1), (3, 2, 1, 2, 1, 0)])
-def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_and_infinities(win, dtype,
+def test_maxpool_twin_matches_the_kernel_bit_for_bit_on_signed_zeros_ties_nans_and_infinities(win, dtype, nans,
                                                                                               kernel_device):
     rng = np.random.default_rng(4)
     x = rng.integers(-2, 3, (3, 4, 9, 11)).astype(dtype)   # many ties
     x[rng.random(x.shape) < 0.15] = -0.0                    # +0 / -0 ties: the first one must stay
-    x[rng.random(x.shape) < 0.1] = np.nan
+    x[rng.random(x.shape) < (0.1 if nans else 0)] = np.nan
     x[rng.random(x.shape) < 0.05] = -np.inf
     y, arg = ops.maxpool_forward(x, *win)
     ky, karg = (backend.to_cpu(a) for a in kernels.maxpool_forward(on(kernel_device, x), *win))
@@ -206,3 +207,45 @@ def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_o
     kdx = backend.to_cpu(kernels.maxpool_backward(on(kernel_device, dy), on(kernel_device, arg), x.shape, *win))
     np.testing.assert_array_equal(dx, kdx)
     np.testing.assert_array_equal(np.signbit(dx), np.signbit(kdx))
+
+
+# ------------------------------------------------------------- the 2x2 stride-2 max pool's own CPU path
+
+def _general_pass(monkeypatch):   # (the backward pass has no separate path: the same either way)
+    monkeypatch.setattr(twins, "_halving", lambda *a: False)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 9, 7), (3, 1, 2, 3)], ids=str)
+def test_maxpool_halving_path_is_the_general_pass_bit_for_bit(shape, ceil_mode, monkeypatch):
+    """The 2x2/stride-2 path (twins._maxpool_halving) against the general pass, forward and backward, on ties,
+    signed zeros, infinities and NaN (a NaN result falls back to the general pass), odd sizes (the last row or
+    column is no window's in floor mode; ceil mode then takes the general pass), both float dtypes."""
+    rng = np.random.default_rng(sum(shape) + ceil_mode)
+    win = (2, 2, 2, 2, 0, 0, 1, 1, ceil_mode)
+    taken = 0
+    for trial in range(40):
+        dtype = (np.float32, np.float64)[trial % 2]
+        x = rng.integers(-2, 3, shape).astype(dtype)
+        x[rng.random(shape) < 0.15] = -0.0
+        x[rng.random(shape) < 0.1] = -np.inf
+        x[rng.random(shape) < 0.05] = np.inf
+        x[rng.random(shape) < (0.05 if trial % 4 == 0 else 0)] = np.nan
+        y, arg = twins.maxpool_forward(x, *win)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dy[rng.random(y.shape) < 0.2] = -0.0
+        dy.flat[0] = np.inf
+        dx = twins.maxpool_backward(dy, arg, shape, *win)
+        taken += twins._halving(shape, 2, 2, 2, 2, 0, 0, *y.shape[2:], 1, 1) and not np.isnan(y).any()
+        with monkeypatch.context() as m:
+            _general_pass(m)
+            y0, arg0 = twins.maxpool_forward(x, *win)
+            dx0 = twins.maxpool_backward(dy, arg0, shape, *win)
+        assert arg.dtype == arg0.dtype == np.int32 and y.flags.c_contiguous
+        np.testing.assert_array_equal(arg, arg0)
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(np.signbit(y), np.signbit(y0))
+        np.testing.assert_array_equal(dx, dx0)
+        np.testing.assert_array_equal(np.signbit(dx), np.signbit(dx0))
+    odd_ceil = ceil_mode and (shape[2] % 2 or shape[3] % 2)
+    assert (taken == 0) if odd_ceil else (taken >= 20)

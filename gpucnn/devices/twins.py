@@ -227,6 +227,10 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
     """
     n, c, h, w = x.shape
     top, left, oh, ow, hp, wp = _geometry(x.shape, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode)
+    if _halving(x.shape, kh, kw, sh, sw, top, left, oh, ow, dh, dw):
+        fast = _maxpool_halving(x, oh, ow)
+        if fast is not None:
+            return fast
     xp_ = _padded(x, top, left, hp, wp, value=-np.inf)
     y = np.full((n, c, oh, ow), -np.inf, dtype=x.dtype)
     fi, fj = _first_inside(h, kh, sh, top, dh, oh), _first_inside(w, kw, sw, left, dw, ow)
@@ -254,6 +258,46 @@ def maxpool_forward(x, kh, kw, sh, sw, ph, pw, dh=1, dw=1, ceil_mode=False):
                           casting="unsafe")
     arg = arg.astype(np.int32)
     arg -= 1
+    return y, arg
+
+
+def _halving(x_shape, kh, kw, sh, sw, top, left, oh, ow, dh, dw) -> bool:
+    """Whether a max pool is the common 2x2 window at stride 2 with no padding and every window inside x."""
+    return ((kh, kw, sh, sw, top, left, dh, dw) == (2, 2, 2, 2, 0, 0, 1, 1)
+            and 2 * oh <= x_shape[2] and 2 * ow <= x_shape[3])
+
+
+def _quarters(a, oh, ow):
+    """The (N, C, 2*oh, 2*ow) corner of a seen as (2, 2, N, C, oh, ow): [i, j] holds every window's tap (i, j)."""
+    n, c = a.shape[:2]
+    return a[:, :, :2 * oh, :2 * ow].reshape(n, c, oh, 2, ow, 2).transpose(3, 5, 0, 1, 2, 4)
+
+
+def _maxpool_halving(x, oh, ow):
+    """maxpool_forward of a 2x2 window at stride 2, bit for bit, or None when the result holds a NaN (the general
+    pass then fixes the argmax up). The taps are first copied apart (one pass), so that every later pass runs
+    over contiguous arrays (numpy's passes over every other element are 7x slower), and compared as a tournament:
+    top = max(tap 0, tap 1), bottom = max(tap 2, tap 3), then max(top, bottom), each won by the second only when
+    strictly greater, which keeps the first of tied maxima as the general pass does. np.maximum(a, b) returns b
+    on ties, so each is called with the earlier tap second. Measured on the 2-core AMD EPYC machine, one thread,
+    float32, ms against the general pass: (64, 32, 28, 28) 1.32 against 2.03, (64, 64, 14, 14) 0.82 against
+    1.30, (64, 128, 7, 7) 0.47 against 0.88. The backward pass keeps the general one: writing the quarters back
+    interleaved costs what the masked writes to every other element cost (1.30 ms for the first shape)."""
+    q = np.empty((2, 2) + x.shape[:2] + (oh, ow), dtype=x.dtype)
+    np.copyto(q, _quarters(x, oh, ow))
+    (a, b), (c, d) = q
+    first_top, first_bottom = np.greater(b, a), np.greater(d, c)
+    top, bottom = np.maximum(b, a), np.maximum(d, c, out=d)
+    lower = np.greater(bottom, top)
+    y = np.maximum(bottom, top, out=top)
+    if np.isnan(y).any():
+        return None
+    # argmax = 2*lower + (lower ? first_bottom : first_top), in bytes
+    np.bitwise_xor(first_top, first_bottom, out=first_bottom)
+    np.bitwise_and(first_bottom, lower, out=first_bottom)
+    np.bitwise_xor(first_top, first_bottom, out=first_top)
+    arg = np.left_shift(lower.view(np.uint8), 1, dtype=np.int32)
+    arg |= first_top.view(np.uint8)
     return y, arg
 
 

@@ -1,0 +1,93 @@
+"""CPU training step with and without the CPU-only paths of the 93.5% recipe's speed work, side by side in one
+process: Conv2D's input gradient tap by tap (Conv2D._dx_by_tap, else the column gradient and col2im), the
+2x2/stride-2 max pool's own forward pass (twins._halving, else the general pass), and the weight gradient's GEMM
+order for row-major columns (conv._weight_gradient: a @ col3, else (col3^T a^T)^T). Every path gives its
+alternative's result (bit for bit for the first two, tests/test_conv_variants.py and
+tests/test_speed_discipline.py), so only the time differs.
+
+Each variant turns one path off ("all off" turns off all three); the variants alternate ROUNDS times on the same
+net and batch, and the fastest round of each is compared with "all on". Single-threaded BLAS, as each process
+of the two-process recipe.
+
+usage: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cpu_paths.py [--model small_vgg] [--batch 64]
+"""
+import argparse
+import contextlib
+import time
+
+import numpy as np
+
+from gpucnn import models
+from gpucnn.devices import keep_host_memory, twins
+from gpucnn.layers import SoftmaxCrossEntropy, conv
+from gpucnn.optim import SGD
+
+_weight_gradient = conv._weight_gradient
+
+
+def transposed_weight_gradient(xp, a, col3):
+    """The weight gradient's GEMM in the order used before for every CPU layer: (col3^T a^T)^T."""
+    if xp is np:
+        return np.matmul(col3.transpose(0, 2, 1), a.transpose(0, 2, 1)).transpose(0, 2, 1)
+    return _weight_gradient(xp, a, col3)
+
+
+OFF = {
+    "dx by tap": (conv.Conv2D, "_dx_by_tap", lambda self, xp, x, wk: False),
+    "maxpool halving": (twins, "_halving", lambda *a: False),
+    "dW order": (conv, "_weight_gradient", transposed_weight_gradient),
+}
+
+
+@contextlib.contextmanager
+def paths_off(names):
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in (OFF[n] for n in names)]
+    try:
+        for name in names:
+            owner, attr, replacement = OFF[name]
+            setattr(owner, attr, replacement)
+        yield
+    finally:
+        for owner, attr, value in saved:
+            setattr(owner, attr, value)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="small_vgg")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=8)
+    a = p.parse_args()
+    keep_host_memory()
+    net = models.get(a.model, in_channels=1, input_size=28, num_classes=10)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((a.batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, a.batch)
+    loss, opt = SoftmaxCrossEntropy(label_smoothing=0.1), SGD(lr=0.01, momentum=0.9, nesterov=True)
+    variants = {"all on": [], **{f"{name} off": [name] for name in OFF}, "all off": list(OFF)}
+
+    def step():
+        loss.forward(net.forward(x, True), y)
+        net.backward(loss.backward())
+        opt.update(net.params, net.grads)
+
+    times = {name: [] for name in variants}
+    for _ in range(3):
+        step()
+    for _ in range(a.rounds):
+        for name, off in variants.items():
+            with paths_off(off):
+                step()
+                start = time.perf_counter()
+                for _ in range(a.steps):
+                    step()
+                times[name].append((time.perf_counter() - start) / a.steps * 1e3)
+    best = min(times["all on"])
+    for name, values in times.items():
+        print(f"{name:22s} " + " ".join(f"{v:.1f}" for v in values) +
+              f"  fastest {min(values):.1f} ms/step  ({min(values) / best:.3f}x the time of all on)")
+
+
+if __name__ == "__main__":
+    main()
