@@ -211,16 +211,13 @@ def test_maxpool_backward_twin_matches_the_kernel_bit_for_bit_with_and_without_o
 
 # ------------------------------------------------------------- the 2x2 stride-2 max pool's own CPU path
 
-def _general_pass(monkeypatch):   # (the backward pass has no separate path: the same either way)
-    monkeypatch.setattr(twins, "_halving", lambda *a: False)
-
-
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 9, 7), (3, 1, 2, 3)], ids=str)
 def test_maxpool_halving_path_is_the_general_pass_bit_for_bit(shape, ceil_mode, monkeypatch):
-    """The 2x2/stride-2 path (twins._maxpool_halving) against the general pass, forward and backward, on ties,
-    signed zeros, infinities and NaN (a NaN result falls back to the general pass), odd sizes (the last row or
-    column is no window's in floor mode; ceil mode then takes the general pass), both float dtypes."""
+    """The 2x2/stride-2 forward path (twins._maxpool_halving) against the general pass, on ties, signed zeros,
+    infinities and NaN (a NaN result falls back to the general pass), odd sizes (the last row or column is no
+    window's in floor mode; ceil mode then takes the general pass), both float dtypes; and its argmax sends
+    the gradient where the general pass's does."""
     rng = np.random.default_rng(sum(shape) + ceil_mode)
     win = (2, 2, 2, 2, 0, 0, 1, 1, ceil_mode)
     taken = 0
@@ -238,7 +235,7 @@ def test_maxpool_halving_path_is_the_general_pass_bit_for_bit(shape, ceil_mode, 
         dx = twins.maxpool_backward(dy, arg, shape, *win)
         taken += twins._halving(shape, 2, 2, 2, 2, 0, 0, *y.shape[2:], 1, 1) and not np.isnan(y).any()
         with monkeypatch.context() as m:
-            _general_pass(m)
+            m.setattr(twins, "_halving", lambda *a: False)
             y0, arg0 = twins.maxpool_forward(x, *win)
             dx0 = twins.maxpool_backward(dy, arg0, shape, *win)
         assert arg.dtype == arg0.dtype == np.int32 and y.flags.c_contiguous
