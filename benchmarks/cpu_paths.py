@@ -2,8 +2,10 @@
 process: Conv2D's input gradient tap by tap (Conv2D._dx_by_tap, else the column gradient and col2im), the
 2x2/stride-2 max pool's own forward pass (twins._halving, else the general pass), and the weight gradient's GEMM
 order for row-major columns (conv._weight_gradient: a @ col3, else (col3^T a^T)^T). Every path gives its
-alternative's result (bit for bit for the first two, tests/test_conv_variants.py and
-tests/test_speed_discipline.py), so only the time differs.
+alternative's result (the max pool's bit for bit, tests/test_speed_discipline.py; the others to rounding,
+tests/test_conv_variants.py), so only the time differs. The forward GEMM's operand order, changed with the
+weight gradient's, is not toggled here (Conv2D._forward; 32->64 channels on 14x14 at batch 64: 8.1 against
+9.3 ms), so "all off" is not quite the code before these paths.
 
 Each variant turns one path off ("all off" turns off all three); the variants alternate ROUNDS times on the same
 net and batch, and the fastest round of each is compared with "all on". Single-threaded BLAS, as each process

@@ -183,8 +183,9 @@ def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1):
 
 def col2im_by_tap(taps, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     """col2im of one group's columns stored tap-first and channels-last, ``(kh*kw, N, out_h, out_w, C)``
-    (C-contiguous): the same sums as :func:`col2im`, in the same order, bit for bit. CPU only; it serves
-    Conv2D's dx, whose column gradient one batched GEMM writes in this layout (see Conv2D._dx_by_tap).
+    (C-contiguous), float32 or float64: the same sums as :func:`col2im`, in the same order, bit for bit (summed
+    in the columns' dtype: no bfloat16 here). CPU only; it serves Conv2D's dx, whose column gradient one batched
+    GEMM writes in this layout (see Conv2D._dx_by_tap).
 
     Each tap adds its (out_h, out_w, C) block into a channels-last accumulator of a few samples (kept in L2):
     with a column stride of 1 an output row of the block is one run of out_w*C numbers, where col2im's
