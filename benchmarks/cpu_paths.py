@@ -13,16 +13,13 @@ of the two-process recipe.
 
 usage: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/cpu_paths.py [--model small_vgg] [--batch 64]
 """
-import argparse
 import contextlib
-import time
 
 import numpy as np
 
-from gpucnn import models
-from gpucnn.devices import keep_host_memory, twins
-from gpucnn.layers import SoftmaxCrossEntropy, conv
-from gpucnn.optim import SGD
+from _alternate import alternate, arguments, training_step
+from gpucnn.devices import twins
+from gpucnn.layers import conv
 
 _weight_gradient = conv._weight_gradient
 
@@ -55,36 +52,10 @@ def paths_off(names):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="small_vgg")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=8)
-    a = p.parse_args()
-    keep_host_memory()
-    net = models.get(a.model, in_channels=1, input_size=28, num_classes=10)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((a.batch, 1, 28, 28)).astype(np.float32)
-    y = rng.integers(0, 10, a.batch)
-    loss, opt = SoftmaxCrossEntropy(label_smoothing=0.1), SGD(lr=0.01, momentum=0.9, nesterov=True)
-    variants = {"all on": [], **{f"{name} off": [name] for name in OFF}, "all off": list(OFF)}
-
-    def step():
-        loss.forward(net.forward(x, True), y)
-        net.backward(loss.backward())
-        opt.update(net.params, net.grads)
-
-    times = {name: [] for name in variants}
-    for _ in range(3):
-        step()
-    for _ in range(a.rounds):
-        for name, off in variants.items():
-            with paths_off(off):
-                step()
-                start = time.perf_counter()
-                for _ in range(a.steps):
-                    step()
-                times[name].append((time.perf_counter() - start) / a.steps * 1e3)
+    a = arguments(__doc__)
+    variants = {"all on": None, **{f"{name} off": (lambda n=name: paths_off([n])) for name in OFF},
+                "all off": lambda: paths_off(list(OFF))}
+    times = alternate(training_step(a.model, a.batch), variants, a.rounds, a.steps)
     best = min(times["all on"])
     for name, values in times.items():
         print(f"{name:22s} " + " ".join(f"{v:.1f}" for v in values) +

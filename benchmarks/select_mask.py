@@ -9,15 +9,12 @@ batch; the fastest round of each is compared. Single-threaded BLAS, as each proc
 usage: OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/select_mask.py [--model small_vgg] [--batch 64]
 Measured on the 2-core AMD EPYC development machine: small_vgg batch 64, 73.7 against 71.1 ms/step (1.04x).
 """
-import argparse
-import time
+import contextlib
 
 import numpy as np
 
-from gpucnn import models
-from gpucnn.devices import keep_host_memory, ops
-from gpucnn.layers import SoftmaxCrossEntropy
-from gpucnn.optim import SGD
+from _alternate import alternate, arguments, training_step
+from gpucnn.devices import ops
 
 
 def where_relu_backward(y, dout):
@@ -28,39 +25,20 @@ def where_keep_or_zero(keep, a):
     return np.where(keep, a, a.dtype.type(0))
 
 
+@contextlib.contextmanager
+def selecting_with(relu_backward, keep_or_zero):
+    saved = ops.relu_backward, ops.keep_or_zero
+    ops.relu_backward, ops.keep_or_zero = relu_backward, keep_or_zero
+    try:
+        yield
+    finally:
+        ops.relu_backward, ops.keep_or_zero = saved
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="small_vgg")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=8)
-    a = p.parse_args()
-    keep_host_memory()
-    net = models.get(a.model, in_channels=1, input_size=28, num_classes=10)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((a.batch, 1, 28, 28)).astype(np.float32)
-    y = rng.integers(0, 10, a.batch)
-    loss, opt = SoftmaxCrossEntropy(label_smoothing=0.1), SGD(lr=0.01, momentum=0.9, nesterov=True)
-    variants = {"np.where": (where_relu_backward, where_keep_or_zero),
-                "bit mask": (ops.relu_backward, ops.keep_or_zero)}
-
-    def step():
-        loss.forward(net.forward(x, True), y)
-        net.backward(loss.backward())
-        opt.update(net.params, net.grads)
-
-    times = {name: [] for name in variants}
-    for _ in range(3):
-        step()
-    for _ in range(a.rounds):
-        for name, (relu_backward, keep_or_zero) in variants.items():
-            ops.relu_backward, ops.keep_or_zero = relu_backward, keep_or_zero
-            step()
-            start = time.perf_counter()
-            for _ in range(a.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / a.steps * 1e3)
-    ops.relu_backward, ops.keep_or_zero = variants["bit mask"]
+    a = arguments(__doc__)
+    variants = {"np.where": lambda: selecting_with(where_relu_backward, where_keep_or_zero), "bit mask": None}
+    times = alternate(training_step(a.model, a.batch), variants, a.rounds, a.steps)
     for name, values in times.items():
         print(f"{name:9s} " + " ".join(f"{v:.1f}" for v in values) + f"  fastest {min(values):.1f} ms/step")
     print(f"{a.model} batch {a.batch}: bit mask {min(times['np.where']) / min(times['bit mask']):.3f}x")

@@ -231,7 +231,28 @@ def test_cpu_input_gradient_by_correlation_matches_torch(case, any_device):
     check_conv(case, any_device)
 
 
-def test_input_gradient_by_correlation_is_col2ims_to_rounding_also_in_chunks():
+def _col2im_backward(layer, x, dout, monkeypatch):
+    """dx through the column gradient and col2im, the CPU's other two dx paths turned off."""
+    with monkeypatch.context() as m:
+        m.setattr(L.Conv2D, "_dx_by_correlation", lambda self, xp, x, wk: False)
+        m.setattr(L.Conv2D, "_dx_by_tap", lambda self, xp, x, wk: False)
+        layer.forward(x, True)
+        return layer.backward(dout)
+
+
+def _chunked_backward(layer, x, dout):
+    """dx with the workspace limit set so that the layer convolves 2 samples at a time."""
+    limit = L.get_workspace_limit()
+    try:
+        L.set_workspace_limit(2 * layer.sample_bytes(x.shape, x.dtype) + 1)
+        assert layer.chunk_size(x.shape, x.dtype) == 2
+        layer.forward(x, True)
+        return layer.backward(dout)
+    finally:
+        L.set_workspace_limit(limit)
+
+
+def test_input_gradient_by_correlation_is_col2ims_to_rounding_also_in_chunks(monkeypatch):
     """The correlation's dx equals the column-gradient-and-col2im dx (float64, to rounding), whole and in
     workspace chunks; with more filters than channels, or stride 2, the layer keeps col2im."""
     rng = np.random.default_rng(5)
@@ -240,21 +261,9 @@ def test_input_gradient_by_correlation_is_col2ims_to_rounding_also_in_chunks():
     dout = rng.standard_normal(layer.output_shape(x.shape))
     layer.forward(x, True)
     by_correlation = layer.backward(dout)
-    old = L.Conv2D._dx_by_correlation
-    try:
-        L.Conv2D._dx_by_correlation = lambda self, xp, x, wk: False
-        layer.forward(x, True)
-        by_col2im = layer.backward(dout)
-    finally:
-        L.Conv2D._dx_by_correlation = old
+    by_col2im = _col2im_backward(layer, x, dout, monkeypatch)
     np.testing.assert_allclose(by_correlation, by_col2im, rtol=1e-12, atol=1e-12)
-    limit = L.get_workspace_limit()
-    try:
-        L.set_workspace_limit(2 * layer.sample_bytes(x.shape, np.float64) + 1)
-        layer.forward(x, True)
-        np.testing.assert_allclose(layer.backward(dout), by_col2im, rtol=1e-12, atol=1e-12)
-    finally:
-        L.set_workspace_limit(limit)
+    np.testing.assert_allclose(_chunked_backward(layer, x, dout), by_col2im, rtol=1e-12, atol=1e-12)
     wk = lambda m: m._weight_rows(np)
     wider, strided = L.Conv2D(4, 8, 3, padding=1), L.Conv2D(4, 4, 3, stride=2, padding=1)
     assert not wider._dx_by_correlation(np, np.zeros((1, 4, 5, 5), np.float32), wk(wider))
@@ -297,18 +306,10 @@ def test_input_gradient_tap_by_tap_is_col2ims_also_in_chunks(shape, monkeypatch)
     layer.forward(x, True)
     by_tap = layer.backward(dout)
     assert len(calls) == (shape[3] == 7), "row-major columns only"
-    with monkeypatch.context() as m:
-        m.setattr(L.Conv2D, "_dx_by_tap", lambda self, xp, x, wk: False)
-        layer.forward(x, True)
-        by_col2im = layer.backward(dout)
+    by_col2im = _col2im_backward(layer, x, dout, monkeypatch)
     np.testing.assert_allclose(by_tap, by_col2im, rtol=1e-12, atol=1e-12)
-    limit = L.get_workspace_limit()
-    try:
-        L.set_workspace_limit(2 * layer.sample_bytes(x.shape, np.float64) + 1)
-        layer.forward(x, True)
-        np.testing.assert_allclose(layer.backward(dout), by_col2im, rtol=1e-12, atol=1e-12)
-    finally:
-        L.set_workspace_limit(limit)
+    np.testing.assert_allclose(_chunked_backward(layer, x, dout), by_col2im, rtol=1e-12, atol=1e-12)
+    assert len(calls) == (1 + 3 if shape[3] == 7 else 0), "in chunks of 2 + 2 + 1 samples too"
     wk = lambda m: m._weight_rows(np)
     wide, strided = L.Conv2D(33, 40, 3, padding=1), L.Conv2D(4, 8, 3, stride=(1, 2), padding=1)
     assert not wide._dx_by_tap(np, np.zeros((1, 33, 5, 5), np.float32), wk(wide))
