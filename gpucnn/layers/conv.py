@@ -363,10 +363,11 @@ class Conv2D(_Conv):
         GEMM) and sums it with twins.col2im_by_tap, whose adds run along out_w*C numbers where col2im's run along
         C: for one group, stride 1, and at most 32 input channels (with more, col2im's runs are long enough).
         The same sums as col2im's, in the same order; the per-tap GEMMs may round their dot products unlike the
-        one wide GEMM (they did not on numpy's OpenBLAS here, float32; tests check float64 to 1e-12). Measured on the 2-core AMD EPYC machine, one thread, dx with its GEMM,
-        batch 64, ms: 32->64 channels on 14x14 10.4 against 8.6; 16->32 on 28x28 23.1 against 13.6; 6->16 with
-        5x5 filters on 14x14 (batch 128) 5.2 against 3.5; 64->128 on 7x7 6.3 against 6.3, 64->192 with 5x5 on
-        16x16 (batch 32) 62 against 69, and stride 2 3.1 against 3.1, which keep col2im."""
+        one wide GEMM (they did not on numpy's OpenBLAS here, float32; tests check float64 to 1e-12). Measured
+        on the 2-core AMD EPYC machine, one thread, dx with its GEMM, batch 64, ms: 32->64 channels on 14x14
+        10.4 against 8.6; 16->32 on 28x28 23.1 against 13.6; 6->16 with 5x5 filters on 14x14 (batch 128) 5.2
+        against 3.5; 64->128 on 7x7 6.3 against 6.3, 64->192 with 5x5 on 16x16 (batch 32) 62 against 69, and
+        stride 2 3.1 against 3.1, which keep col2im."""
         return (xp is np and self.groups == 1 and self.stride == (1, 1) and self.in_channels <= 32
                 and wk.dtype == x.dtype)
 
