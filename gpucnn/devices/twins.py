@@ -161,24 +161,38 @@ def col2im(col, x_shape, sh, sw, ph, pw, dh=1, dw=1):
             for j in range(kw):
                 _windows(dxp, i * dh, j * dw, sh, sw, oh, ow)[...] += col[:, :, :, :, i, j].transpose(1, 0, 4, 2, 3)
         return np.ascontiguousarray(dxp[..., top:top + h, left:left + w]).reshape(n, c, h, w)
-    # Accumulated a few samples at a time, in a channels-last block that stays in cache over the taps.
-    nb = max(1, min(n, _COL2IM_BLOCK_BYTES // (hp * wp * c * col.itemsize)))
-    acc_buf = np.empty((nb, hp, wp, g, cg), dtype=col.dtype)
-    dx = np.empty((n, g, cg, h, w), dtype=col.dtype)
-    for s in range(0, n, nb):
-        block, acc = col[:, s:s + nb], acc_buf[:min(nb, n - s)]
-        acc.fill(0)
+
+    def block_taps(s, e):   # tap (i, j) of samples s:e as (e - s, out_h, out_w, G, C/G)
+        block = col[:, s:e]
         if c < 16:   # rows of C floats are too short to add: regroup by tap once, then add rows of out_w*C
             block = np.ascontiguousarray(block.transpose(1, 4, 5, 2, 3, 0, 6))
-            taps = lambda i, j: block[:, i, j]
-        else:
-            taps = lambda i, j: block[:, :, :, :, i, j].transpose(1, 2, 3, 0, 4)
+            return lambda i, j: block[:, i, j]
+        return lambda i, j: block[:, :, :, :, i, j].transpose(1, 2, 3, 0, 4)
+    return _sum_channels_last(block_taps, (n, g, cg, h, w), (kh, kw, sh, sw, dh, dw, oh, ow, top, left, hp, wp),
+                              col.dtype).reshape(n, c, h, w)
+
+
+def _sum_channels_last(block_taps, dx_shape, window, dtype):
+    """dx (N, *channels, H, W) summed a few samples at a time in a channels-last accumulator (N', hp, wp,
+    *channels) that stays in cache (L2) over the taps: block_taps(s, e)(i, j) is tap (i, j)'s (e - s, out_h,
+    out_w, *channels) block for samples s:e, added in row-major tap order; `window` = (kh, kw, sh, sw, dh, dw,
+    oh, ow, top, left, hp, wp). What col2im's channels-last layout and col2im_by_tap share."""
+    n, *channels, h, w = dx_shape
+    kh, kw, sh, sw, dh, dw, oh, ow, top, left, hp, wp = window
+    nb = max(1, min(n, _COL2IM_BLOCK_BYTES // (hp * wp * int(np.prod(channels)) * np.dtype(dtype).itemsize)))
+    acc_buf = np.empty((nb, hp, wp, *channels), dtype=dtype)
+    dx = np.empty(dx_shape, dtype=dtype)
+    to_nchw = (0, *range(3, 3 + len(channels)), 1, 2)
+    for s in range(0, n, nb):
+        acc = acc_buf[:min(nb, n - s)]
+        acc.fill(0)
+        taps = block_taps(s, s + nb)
         for i in range(kh):
             for j in range(kw):
                 rows, cols = slice(i * dh, i * dh + sh * (oh - 1) + 1, sh), slice(j * dw, j * dw + sw * (ow - 1) + 1, sw)
                 acc[:, rows, cols] += taps(i, j)
-        dx[s:s + nb] = acc[:, top:top + h, left:left + w].transpose(0, 3, 4, 1, 2)
-    return dx.reshape(n, c, h, w)
+        dx[s:s + nb] = acc[:, top:top + h, left:left + w].transpose(to_nchw)
+    return dx
 
 
 def col2im_by_tap(taps, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
@@ -195,18 +209,8 @@ def col2im_by_tap(taps, x_shape, kh, kw, sh, sw, ph, pw, dh=1, dw=1):
     _, _, oh, ow, _ = taps.shape
     top, left = pad_pair(ph)[0], pad_pair(pw)[0]
     hp, wp = _extent(h, kh, sh, top, dh, oh), _extent(w, kw, sw, left, dw, ow)
-    nb = max(1, min(n, _COL2IM_BLOCK_BYTES // (hp * wp * c * taps.itemsize)))
-    acc_buf = np.empty((nb, hp, wp, c), dtype=taps.dtype)
-    dx = np.empty((n, c, h, w), dtype=taps.dtype)
-    for s in range(0, n, nb):
-        acc = acc_buf[:min(nb, n - s)]
-        acc.fill(0)
-        for i in range(kh):
-            for j in range(kw):
-                acc[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
-                    taps[i * kw + j, s:s + nb]
-        dx[s:s + nb] = acc[:, top:top + h, left:left + w].transpose(0, 3, 1, 2)
-    return dx
+    return _sum_channels_last(lambda s, e: lambda i, j: taps[i * kw + j, s:e], (n, c, h, w),
+                              (kh, kw, sh, sw, dh, dw, oh, ow, top, left, hp, wp), taps.dtype)
 
 
 # ------------------------------------------------------------------------------------------ max pool
